@@ -1,0 +1,305 @@
+// Package controlplane assembles the Bulwark control plane from its
+// components — store, keys, TLS, admin authentication, the audit log and
+// its API, health and metrics — and serves it over HTTPS until its context
+// ends. `bulwark server` and `bulwark dev` both run it.
+package controlplane
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/bulwarksec/bulwark/internal/adminauth"
+	"github.com/bulwarksec/bulwark/internal/audit"
+	"github.com/bulwarksec/bulwark/internal/ca"
+	"github.com/bulwarksec/bulwark/internal/config"
+	"github.com/bulwarksec/bulwark/internal/devinfo"
+	"github.com/bulwarksec/bulwark/internal/httpapi"
+	"github.com/bulwarksec/bulwark/internal/keys"
+	"github.com/bulwarksec/bulwark/internal/store"
+)
+
+// Files in the data directory.
+const (
+	AdminCredentialFile = "admin.credential"
+	CACertFile          = "tls/ca.pem"
+	keysDir             = "keys"
+	auditKeyName        = "audit-checkpoint"
+)
+
+// Server is a running control plane.
+type Server struct {
+	cfg      *config.Config
+	log      *slog.Logger
+	db       *store.DB
+	audit    *audit.Log
+	http     *http.Server
+	listener net.Listener
+	caFile   string
+
+	// NewAdminCredential is the admin credential created at this start, or
+	// "" if one existed already. It is shown once and never again.
+	NewAdminCredential string
+
+	closeOnce sync.Once
+}
+
+// New builds the control plane from cfg and binds its listener, but serves
+// nothing until Run.
+func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *Server, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data directory: %w", err)
+	}
+	ks, err := keys.OpenSealed(filepath.Join(cfg.DataDir, keysDir))
+	if err != nil {
+		return nil, err
+	}
+	db, err := store.Open(ctx, store.Options{
+		Driver: store.Driver(cfg.Store.Driver), Path: cfg.Store.Path, DSN: cfg.Store.DSN, MaxOpenConns: cfg.Store.MaxOpenConns,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg, log: logger, db: db}
+	defer func() {
+		if err != nil {
+			s.close()
+		}
+	}()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	auth, err := adminauth.New(db, logger, reg)
+	if err != nil {
+		return nil, err
+	}
+	if s.NewAdminCredential, err = auth.EnsureCredential(ctx); err != nil {
+		return nil, err
+	}
+	if s.NewAdminCredential != "" {
+		if err := devinfo.WriteFileAtomic(s.AdminCredentialPath(), []byte(s.NewAdminCredential+"\n"), 0o600); err != nil {
+			return nil, fmt.Errorf("save admin credential: %w", err)
+		}
+	}
+
+	skey, vkey, err := auditKeys(ks, cfg.Audit.Origin)
+	if err != nil {
+		return nil, err
+	}
+	s.audit, err = audit.New(audit.Config{
+		Origin:             cfg.Audit.Origin,
+		CheckpointInterval: time.Duration(cfg.Audit.CheckpointInterval),
+		CommitBatch:        cfg.Audit.CommitBatch,
+		MaxEventBytes:      int(cfg.Audit.MaxEventBytes),
+	}, audit.Deps{DB: db, SignerKey: skey, VerifierKey: vkey, Logger: logger, Metrics: audit.NewMetrics(reg)})
+	if err != nil {
+		return nil, err
+	}
+	api, err := audit.NewAPI(s.audit, audit.APIConfig{
+		MaxBatchEvents: cfg.Audit.MaxBatchEvents, MaxRequestBytes: int64(cfg.Audit.MaxRequestBytes),
+	}, logger)
+	if err != nil {
+		return nil, err
+	}
+
+	mux := http.NewServeMux()
+	api.Register(mux, auth.Require)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		httpapi.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", s.readyz)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		httpapi.WriteError(w, r, logger, httpapi.Errorf(http.StatusNotFound, httpapi.CodeNotFound, "no such endpoint: %s %s", r.Method, r.URL.Path))
+	})
+
+	tlsCfg, err := s.tlsConfig(ks)
+	if err != nil {
+		return nil, err
+	}
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+	}
+	s.listener = tls.NewListener(ln, tlsCfg)
+	s.http = &http.Server{
+		Handler:           httpapi.WithRequestID(securityHeaders(mux)),
+		TLSConfig:         tlsCfg,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       60 * time.Second,
+		WriteTimeout:      120 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	return s, nil
+}
+
+// auditKeys returns the checkpoint key pair for origin, generating and
+// sealing it on first start.
+func auditKeys(ks *keys.Sealed, origin string) (skey, vkey string, err error) {
+	raw, err := ks.LoadOrCreate(auditKeyName, func() ([]byte, error) {
+		skey, vkey, err := audit.GenerateSigningKey(origin)
+		if err != nil {
+			return nil, err
+		}
+		return json.Marshal(map[string]string{"signer": skey, "verifier": vkey})
+	})
+	if err != nil {
+		return "", "", fmt.Errorf("audit checkpoint key: %w", err)
+	}
+	var pair map[string]string
+	if err := json.Unmarshal(raw, &pair); err != nil {
+		return "", "", fmt.Errorf("audit checkpoint key: %w", err)
+	}
+	skey, vkey = pair["signer"], pair["verifier"]
+	if name, _, _ := strings.Cut(vkey, "+"); name != origin {
+		return "", "", fmt.Errorf("audit checkpoint key is for origin %q but audit.origin is %q: a log keeps its origin for life", name, origin)
+	}
+	return skey, vkey, nil
+}
+
+func (s *Server) tlsConfig(ks *keys.Sealed) (*tls.Config, error) {
+	minVersion := uint16(tls.VersionTLS12)
+	if s.cfg.TLS.MinVersion == "1.3" {
+		minVersion = tls.VersionTLS13
+	}
+	cfg := &tls.Config{MinVersion: minVersion, NextProtos: []string{"h2", "http/1.1"}}
+	if s.cfg.TLS.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(s.cfg.TLS.CertFile, s.cfg.TLS.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("load tls.cert_file/tls.key_file: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+		return cfg, nil
+	}
+	hosts := []string{"localhost", "127.0.0.1", "::1"}
+	if h, _, err := net.SplitHostPort(s.cfg.Listen); err == nil && h != "" {
+		hosts = append(hosts, h)
+	}
+	if name, err := os.Hostname(); err == nil {
+		hosts = append(hosts, name)
+	}
+	s.caFile = filepath.Join(s.cfg.DataDir, CACertFile)
+	sc, err := ca.LocalServing(ks, s.caFile, hosts, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	cfg.Certificates = []tls.Certificate{sc.Certificate}
+	return cfg, nil
+}
+
+func securityHeaders(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		h.Set("Strict-Transport-Security", "max-age=31536000")
+		h.Set("X-Content-Type-Options", "nosniff")
+		h.Set("X-Frame-Options", "DENY")
+		h.Set("Referrer-Policy", "no-referrer")
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if err := s.db.Ping(ctx); err != nil {
+		s.log.Warn("not ready: store unreachable", "error", err)
+		httpapi.WriteJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "store unreachable"})
+		return
+	}
+	if !s.audit.Ready() {
+		httpapi.WriteJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "audit log starting"})
+		return
+	}
+	httpapi.WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+// URL returns the HTTPS base URL the control plane listens on.
+func (s *Server) URL() string {
+	return "https://" + s.listener.Addr().String()
+}
+
+// Addr returns the bound listen address (useful with port 0).
+func (s *Server) Addr() net.Addr { return s.listener.Addr() }
+
+// CAFile returns the PEM file of the CA that issued the serving
+// certificate, or "" when certificate files are configured.
+func (s *Server) CAFile() string { return s.caFile }
+
+// AdminCredentialPath is where the first admin credential is saved.
+func (s *Server) AdminCredentialPath() string {
+	return filepath.Join(s.cfg.DataDir, AdminCredentialFile)
+}
+
+// AuditLog returns the audit log.
+func (s *Server) AuditLog() *audit.Log { return s.audit }
+
+// Run serves until ctx ends, then shuts down in order: stop accepting,
+// finish in-flight requests (whose appends the log still commits), then
+// stop the log and close the store.
+func (s *Server) Run(ctx context.Context) error {
+	defer s.close()
+	logCtx, stopLog := context.WithCancel(context.Background())
+	logDone := make(chan error, 1)
+	go func() { logDone <- s.audit.Run(logCtx) }()
+
+	httpDone := make(chan error, 1)
+	go func() { httpDone <- s.http.Serve(s.listener) }()
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case err := <-logDone:
+		runErr = fmt.Errorf("audit log stopped: %w", err)
+		logDone <- nil
+	case err := <-httpDone:
+		if !errors.Is(err, http.ErrServerClosed) {
+			runErr = fmt.Errorf("serve: %w", err)
+		}
+		httpDone <- nil
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := s.http.Shutdown(shutdownCtx); err != nil {
+		runErr = errors.Join(runErr, fmt.Errorf("shut down HTTP: %w", err))
+	}
+	stopLog()
+	if err := <-logDone; err != nil {
+		runErr = errors.Join(runErr, fmt.Errorf("audit log: %w", err))
+	}
+	s.log.Info("control plane stopped")
+	return runErr
+}
+
+func (s *Server) close() {
+	s.closeOnce.Do(func() {
+		if s.listener != nil {
+			s.listener.Close()
+		}
+		if s.db != nil {
+			s.db.Close()
+		}
+	})
+}

@@ -1,0 +1,112 @@
+// Package devinfo reads and writes dev.json, the file `bulwark dev` leaves
+// in its data directory so that scripts, tests and the CLI find the running
+// platform. Its keys are an interface: later components add theirs, none is
+// renamed.
+package devinfo
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+)
+
+// FileName is the name of the file in the data directory.
+const FileName = "dev.json"
+
+// Info is the content of dev.json.
+type Info struct {
+	// ControlPlaneURL is the HTTPS base URL of the control plane.
+	ControlPlaneURL string `json:"control_plane_url"`
+	// AdminCredentialFile holds the admin bearer credential (0600).
+	AdminCredentialFile string `json:"admin_credential_file"`
+	// CACertFile is the PEM CA certificate that signs the control plane's
+	// serving certificate.
+	CACertFile string `json:"ca_cert_file"`
+	// DataDir is the data directory.
+	DataDir string `json:"data_dir"`
+	// AuditOrigin and AuditPublicKey identify the audit log and the
+	// signed-note key its checkpoints verify with.
+	AuditOrigin    string `json:"audit_origin"`
+	AuditPublicKey string `json:"audit_public_key"`
+	// MetricsURL is the Prometheus endpoint.
+	MetricsURL string `json:"metrics_url"`
+}
+
+// maxBytes bounds the file read.
+const maxBytes = 1 << 20
+
+// Write stores info as dir/dev.json with mode 0600, atomically.
+func Write(dir string, info Info) error {
+	b, err := json.MarshalIndent(info, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode %s: %w", FileName, err)
+	}
+	return WriteFileAtomic(filepath.Join(dir, FileName), append(b, '\n'), 0o600)
+}
+
+// Read loads a dev.json file.
+func Read(path string) (*Info, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("read %s: %w", path, err)
+	}
+	if len(b) > maxBytes {
+		return nil, fmt.Errorf("read %s: larger than %d bytes", path, maxBytes)
+	}
+	var info Info
+	if err := json.Unmarshal(b, &info); err != nil {
+		return nil, fmt.Errorf("parse %s: %w", path, err)
+	}
+	if info.ControlPlaneURL == "" {
+		return nil, fmt.Errorf("parse %s: no control_plane_url", path)
+	}
+	return &info, nil
+}
+
+// WriteFileAtomic writes data to path through a temporary file in the same
+// directory, synced and renamed into place, so a reader never sees a
+// partial file and a crash leaves the old one.
+func WriteFileAtomic(path string, data []byte, perm os.FileMode) (err error) {
+	dir := filepath.Dir(path)
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	defer func() {
+		if err != nil {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+	if err := tmp.Chmod(perm); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if _, err := tmp.Write(data); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// ErrNoDevInfo is returned when no dev.json is found.
+var ErrNoDevInfo = errors.New("no dev.json found: start `bulwark dev` or pass --server")
