@@ -1,0 +1,103 @@
+// Package repo checks rules of the house that hold across the whole
+// module: every package is documented, the public SDK never depends on
+// server internals, and nothing but the binary depends on the CLI wiring.
+package repo
+
+import (
+	"encoding/json"
+	"io"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+const module = "github.com/bulwarksec/bulwark"
+
+type pkg struct {
+	ImportPath string
+	Name       string
+	Doc        string
+	Deps       []string
+	Imports    []string
+	GoFiles    []string
+}
+
+func listPackages(t *testing.T) []pkg {
+	t.Helper()
+	cmd := exec.Command("go", "list", "-json", module+"/...")
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var pkgs []pkg
+	dec := json.NewDecoder(out)
+	for {
+		var p pkg
+		if err := dec.Decode(&p); err == io.EOF {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		pkgs = append(pkgs, p)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("go list: %v", err)
+	}
+	return pkgs
+}
+
+func TestEveryPackageHasADocComment(t *testing.T) {
+	t.Parallel()
+	for _, p := range listPackages(t) {
+		if len(p.GoFiles) == 0 {
+			continue // test-only package; its doc lives on the test files
+		}
+		if strings.TrimSpace(p.Doc) == "" {
+			t.Errorf("package %s has no package doc comment", p.ImportPath)
+		}
+	}
+}
+
+func TestSDKDoesNotImportInternals(t *testing.T) {
+	t.Parallel()
+	for _, p := range listPackages(t) {
+		if !strings.HasPrefix(p.ImportPath, module+"/sdk/") {
+			continue
+		}
+		for _, d := range p.Deps {
+			if strings.HasPrefix(d, module+"/internal/") {
+				t.Errorf("SDK package %s depends on %s: the SDK must not import server internals", p.ImportPath, d)
+			}
+			if !strings.HasPrefix(d, module) && strings.Contains(strings.SplitN(d, "/", 2)[0], ".") {
+				t.Errorf("SDK package %s depends on third-party %s: keep the SDK's dependencies small (standard library)", p.ImportPath, d)
+			}
+		}
+	}
+}
+
+func TestOnlyTheBinaryImportsTheCLI(t *testing.T) {
+	t.Parallel()
+	for _, p := range listPackages(t) {
+		if p.ImportPath == module+"/cmd/bulwark" {
+			continue
+		}
+		for _, imp := range p.Imports {
+			if imp == module+"/internal/cli" {
+				t.Errorf("%s imports internal/cli: dependencies point inward, cli wires everything", p.ImportPath)
+			}
+		}
+	}
+}
+
+func TestNoForbiddenPackageNames(t *testing.T) {
+	t.Parallel()
+	for _, p := range listPackages(t) {
+		switch p.Name {
+		case "util", "utils", "common", "helpers", "models", "misc":
+			t.Errorf("package %s is named %q: name a package for what it provides", p.ImportPath, p.Name)
+		}
+	}
+}
