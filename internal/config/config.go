@@ -48,6 +48,9 @@ type Config struct {
 	Store Store `yaml:"store"`
 	// Audit configures the audit log.
 	Audit Audit `yaml:"audit"`
+	// Identity configures the OAuth 2.0 / OpenID Connect authorization
+	// server.
+	Identity Identity `yaml:"identity"`
 	// Log configures the process's own logs.
 	Log Log `yaml:"log"`
 }
@@ -106,6 +109,87 @@ type Audit struct {
 	CommitBatch int `yaml:"commit_batch"`
 }
 
+// Signing algorithms of the authorization server.
+const (
+	AlgEdDSA = "EdDSA"
+	AlgES256 = "ES256"
+	AlgPS256 = "PS256"
+)
+
+// Identity configures the OAuth 2.0 / OpenID Connect authorization server
+// (FAPI 2.0 profile).
+type Identity struct {
+	// Issuer is the issuer identifier: an https URL without query or
+	// fragment that clients reach the server at. Default empty, which
+	// means the listener's own URL (https://<listen>).
+	Issuer string `yaml:"issuer"`
+	// SigningAlg signs access and ID tokens: "EdDSA" (Ed25519, default),
+	// "ES256" or "PS256". Symmetric algorithms and "none" do not exist here.
+	SigningAlg string `yaml:"signing_alg"`
+	// KeyRotationInterval is how long a signing key signs before the next
+	// one takes over. Default 720h (30 days), range 1h..8760h.
+	KeyRotationInterval Duration `yaml:"key_rotation_interval"`
+	// KeyPublishAhead is how long a new key is published in the JWKS before
+	// it signs, so verifiers have fetched it. Default 1h, range 1m..168h,
+	// and less than KeyRotationInterval.
+	KeyPublishAhead Duration `yaml:"key_publish_ahead"`
+	// AccessTokenTTL is the lifetime of access tokens. Default 5m, range
+	// 30s..1h.
+	AccessTokenTTL Duration `yaml:"access_token_ttl"`
+	// IDTokenTTL is the lifetime of ID tokens. Default 5m, range 30s..1h.
+	IDTokenTTL Duration `yaml:"id_token_ttl"`
+	// RefreshTokenTTL is the lifetime of refresh tokens. Default 24h, range
+	// 1m..2160h.
+	RefreshTokenTTL Duration `yaml:"refresh_token_ttl"`
+	// CodeTTL is the lifetime of authorization codes. Default 60s, range
+	// 1s..60s.
+	CodeTTL Duration `yaml:"code_ttl"`
+	// PARTTL is the lifetime of a pushed authorization request's
+	// request_uri. Default 60s, range 5s..600s.
+	PARTTL Duration `yaml:"par_ttl"`
+	// LoginTTL bounds the time between the authorization request and the
+	// end of login and consent. Default 10m, range 1m..1h.
+	LoginTTL Duration `yaml:"login_ttl"`
+	// DPoPProofWindow is how far a DPoP proof's or client assertion's iat
+	// may be from now. Default 60s, range 5s..300s.
+	DPoPProofWindow Duration `yaml:"dpop_proof_window"`
+	// DPoPNonce requires DPoP proofs at the token and PAR endpoints to
+	// carry a server-issued nonce (RFC 9449 §8). Default true.
+	DPoPNonce bool `yaml:"dpop_nonce"`
+	// MTLSClientCAFile is a PEM bundle of the CAs that issue client
+	// certificates for tls_client_auth. Default empty: only
+	// self_signed_tls_client_auth and private_key_jwt are possible.
+	MTLSClientCAFile string `yaml:"mtls_client_ca_file"`
+	// Lockout configures the defence against password guessing.
+	Lockout Lockout `yaml:"lockout"`
+	// PasswordHash sets the argon2id parameters for new password hashes.
+	PasswordHash PasswordHash `yaml:"password_hash"`
+}
+
+// Lockout configures progressive back-off and lockout of user accounts.
+type Lockout struct {
+	// MaxFailures is the number of consecutive failed logins after which
+	// the account is locked. Default 5, range 1..100.
+	MaxFailures int `yaml:"max_failures"`
+	// Duration is how long a locked account stays locked. Default 15m,
+	// range 1m..24h.
+	Duration Duration `yaml:"duration"`
+	// BackoffBase is the delay after the first failure; it doubles with
+	// each further failure up to Duration. Default 1s, range 0s..1m.
+	BackoffBase Duration `yaml:"backoff_base"`
+}
+
+// PasswordHash sets argon2id parameters (RFC 9106).
+type PasswordHash struct {
+	// MemoryKiB is the memory cost. Default 19456 (19 MiB, OWASP's
+	// minimum), range 1024..4194304.
+	MemoryKiB int `yaml:"memory_kib"`
+	// Iterations is the time cost. Default 2, range 1..100.
+	Iterations int `yaml:"iterations"`
+	// Parallelism is the lanes. Default 1, range 1..64.
+	Parallelism int `yaml:"parallelism"`
+}
+
 // Log configures the process's own logs.
 type Log struct {
 	// Level is the lowest level logged: "debug", "info" (default), "warn"
@@ -135,6 +219,25 @@ func Default() Config {
 			MaxRequestBytes:    8 * MiB,
 			MaxEventBytes:      1 * MiB,
 			CommitBatch:        4096,
+		},
+		Identity: Identity{
+			SigningAlg:          AlgEdDSA,
+			KeyRotationInterval: Duration(720 * time.Hour),
+			KeyPublishAhead:     Duration(time.Hour),
+			AccessTokenTTL:      Duration(5 * time.Minute),
+			IDTokenTTL:          Duration(5 * time.Minute),
+			RefreshTokenTTL:     Duration(24 * time.Hour),
+			CodeTTL:             Duration(60 * time.Second),
+			PARTTL:              Duration(60 * time.Second),
+			LoginTTL:            Duration(10 * time.Minute),
+			DPoPProofWindow:     Duration(60 * time.Second),
+			DPoPNonce:           true,
+			Lockout: Lockout{
+				MaxFailures: 5,
+				Duration:    Duration(15 * time.Minute),
+				BackoffBase: Duration(time.Second),
+			},
+			PasswordHash: PasswordHash{MemoryKiB: 19456, Iterations: 2, Parallelism: 1},
 		},
 		Log: Log{
 			Level:  "info",

@@ -20,6 +20,7 @@ func (c *Config) Validate() error {
 	c.TLS.validate(&v)
 	c.Store.validate(&v)
 	c.Audit.validate(&v)
+	c.Identity.validate(&v)
 	v.oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 	v.oneOf("log.format", c.Log.Format, "json", "text")
 	if len(v.errs) == 0 {
@@ -80,6 +81,53 @@ func (a *Audit) validate(v *validator) {
 	v.intRange("audit.commit_batch", a.CommitBatch, 1, 65536)
 }
 
+func (id *Identity) validate(v *validator) {
+	if id.Issuer != "" {
+		if msg := checkIssuer(id.Issuer); msg != "" {
+			v.fail("identity.issuer", "%s, got %s", msg, quote(id.Issuer))
+		}
+	}
+	v.oneOf("identity.signing_alg", id.SigningAlg, AlgEdDSA, AlgES256, AlgPS256)
+	v.durationRange("identity.key_rotation_interval", id.KeyRotationInterval, time.Hour, 8760*time.Hour)
+	if v.durationRange("identity.key_publish_ahead", id.KeyPublishAhead, time.Minute, 168*time.Hour) &&
+		id.KeyPublishAhead >= id.KeyRotationInterval {
+		v.fail("identity.key_publish_ahead", "must be less than identity.key_rotation_interval (%s), got %s", id.KeyRotationInterval, id.KeyPublishAhead)
+	}
+	v.durationRange("identity.access_token_ttl", id.AccessTokenTTL, 30*time.Second, time.Hour)
+	v.durationRange("identity.id_token_ttl", id.IDTokenTTL, 30*time.Second, time.Hour)
+	v.durationRange("identity.refresh_token_ttl", id.RefreshTokenTTL, time.Minute, 2160*time.Hour)
+	v.durationRange("identity.code_ttl", id.CodeTTL, time.Second, 60*time.Second)
+	v.durationRange("identity.par_ttl", id.PARTTL, 5*time.Second, 600*time.Second)
+	v.durationRange("identity.login_ttl", id.LoginTTL, time.Minute, time.Hour)
+	v.durationRange("identity.dpop_proof_window", id.DPoPProofWindow, 5*time.Second, 300*time.Second)
+	v.path("identity.mtls_client_ca_file", id.MTLSClientCAFile, false)
+	v.intRange("identity.lockout.max_failures", id.Lockout.MaxFailures, 1, 100)
+	v.durationRange("identity.lockout.duration", id.Lockout.Duration, time.Minute, 24*time.Hour)
+	v.durationRange("identity.lockout.backoff_base", id.Lockout.BackoffBase, 0, time.Minute)
+	v.intRange("identity.password_hash.memory_kib", id.PasswordHash.MemoryKiB, 1024, 4194304)
+	v.intRange("identity.password_hash.iterations", id.PasswordHash.Iterations, 1, 100)
+	v.intRange("identity.password_hash.parallelism", id.PasswordHash.Parallelism, 1, 64)
+}
+
+// checkIssuer checks an OAuth issuer identifier (RFC 8414 §2): an https
+// URL with a host and no query or fragment. It returns a message or "".
+func checkIssuer(s string) string {
+	u, err := url.Parse(s)
+	switch {
+	case err != nil || u.Host == "":
+		return "must be an absolute https URL"
+	case u.Scheme != "https":
+		return "must use https"
+	case u.RawQuery != "" || u.Fragment != "" || strings.Contains(s, "#") || strings.Contains(s, "?"):
+		return "must not have a query or fragment"
+	case u.User != nil:
+		return "must not hold user information"
+	case strings.HasSuffix(u.Path, "/"):
+		return "must not end with /"
+	}
+	return ""
+}
+
 // validOrigin reports whether s can be a checkpoint origin line: non-empty
 // printable ASCII with no space and no '+'.
 func validOrigin(s string) bool {
@@ -119,6 +167,14 @@ func (v *validator) intRange(key string, got, lo, hi int) {
 	if got < lo || got > hi {
 		v.fail(key, "must be between %d and %d, got %d", lo, hi, got)
 	}
+}
+
+func (v *validator) durationRange(key string, got Duration, lo, hi time.Duration) bool {
+	if time.Duration(got) < lo || time.Duration(got) > hi {
+		v.fail(key, "must be between %s and %s, got %s", Duration(lo), Duration(hi), got)
+		return false
+	}
+	return true
 }
 
 func (v *validator) sizeRange(key string, got, lo, hi ByteSize) bool {

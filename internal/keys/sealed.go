@@ -185,3 +185,35 @@ func cutPrefix(b []byte, prefix string) ([]byte, bool) {
 	}
 	return b[len(prefix):], true
 }
+
+// blobMagic starts every sealed blob, and its AAD prefix keeps blobs and
+// key files from being swapped for each other.
+const blobMagic = "bwk-blob-v1:"
+
+// Seal encrypts plaintext under the key-encryption key, bound to context
+// (for example the table and row the blob is stored in), so that it can be
+// kept in the database. Open with the same context reverses it.
+func (s *Sealed) Seal(plaintext []byte, context string) ([]byte, error) {
+	nonce := make([]byte, s.aead.NonceSize())
+	if _, err := rand.Read(nonce); err != nil {
+		return nil, fmt.Errorf("seal %s: %w", context, err)
+	}
+	blob := append([]byte(blobMagic), nonce...)
+	return s.aead.Seal(blob, nonce, plaintext, []byte(blobMagic+context)), nil
+}
+
+// Open decrypts a blob made by Seal with the same context. A blob that was
+// altered, sealed for another context or under another key-encryption key
+// is an error.
+func (s *Sealed) Open(blob []byte, context string) ([]byte, error) {
+	rest, ok := cutPrefix(blob, blobMagic)
+	ns := s.aead.NonceSize()
+	if !ok || len(rest) < ns+s.aead.Overhead() {
+		return nil, fmt.Errorf("open %s: not a sealed blob", context)
+	}
+	plain, err := s.aead.Open(nil, rest[:ns], rest[ns:], []byte(blobMagic+context))
+	if err != nil {
+		return nil, fmt.Errorf("open %s: authentication failed (tampered, moved, or sealed under another key)", context)
+	}
+	return plain, nil
+}

@@ -139,3 +139,41 @@ func writeMode(t *testing.T, path string, b []byte, mode os.FileMode) {
 		t.Fatal(err)
 	}
 }
+
+func TestSealOpenBlob(t *testing.T) {
+	t.Parallel()
+	ks, err := keys.OpenSealed(filepath.Join(t.TempDir(), "keys"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := keys.OpenSealed(filepath.Join(t.TempDir(), "keys"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	blob, err := ks.Seal([]byte("private key"), "identity_signing_keys/k1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := ks.Open(blob, "identity_signing_keys/k1"); err != nil || string(got) != "private key" {
+		t.Fatalf("Open = %q, %v", got, err)
+	}
+	flipped := append([]byte(nil), blob...)
+	flipped[len(flipped)-1] ^= 1
+	tests := []struct {
+		name    string
+		ks      *keys.Sealed
+		blob    []byte
+		context string
+	}{
+		{"other context", ks, blob, "identity_signing_keys/k2"},
+		{"other key-encryption key", other, blob, "identity_signing_keys/k1"},
+		{"tampered", ks, flipped, "identity_signing_keys/k1"},
+		{"truncated", ks, blob[:20], "identity_signing_keys/k1"},
+		{"not a blob", ks, []byte("plaintext"), "identity_signing_keys/k1"},
+	}
+	for _, tt := range tests {
+		if _, err := tt.ks.Open(tt.blob, tt.context); err == nil {
+			t.Errorf("%s: Open succeeded", tt.name)
+		}
+	}
+}

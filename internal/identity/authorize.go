@@ -1,0 +1,5 @@
+package identity
+
+import "net/http"
+
+func (s *Server) registerAuthorize(mux *http.ServeMux) {}

@@ -1,0 +1,151 @@
+package identity
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/bulwarksec/bulwark/internal/audit"
+	"github.com/bulwarksec/bulwark/internal/httpapi"
+	"github.com/bulwarksec/bulwark/internal/keys"
+	"github.com/bulwarksec/bulwark/internal/store"
+)
+
+// testEnv is an identity server on a real TLS listener on 127.0.0.1, with
+// a real audit log on the test's database. Its TLS listener asks for (but
+// does not require) client certificates, like the control plane's.
+type testEnv struct {
+	t      testing.TB
+	srv    *Server
+	ts     *httptest.Server
+	url    string // the issuer
+	db     *store.DB
+	audit  *audit.Log
+	sealer *keys.Sealed
+	clock  *testClock
+}
+
+// testClock is a settable clock; the zero offset is real time.
+type testClock struct {
+	mu     sync.Mutex
+	offset time.Duration
+}
+
+func (c *testClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return time.Now().Add(c.offset)
+}
+
+// Advance moves the clock forward by d.
+func (c *testClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.offset += d
+	c.mu.Unlock()
+}
+
+// newTestEnv starts an identity server on db. Options adjust the
+// configuration before New. Argon2 costs are lowered to keep tests fast.
+func newTestEnv(t testing.TB, db *store.DB, opts ...func(*Config)) *testEnv {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	env := &testEnv{t: t, db: db, clock: &testClock{}}
+
+	skey, vkey, err := audit.GenerateSigningKey("test.bulwark.local/audit")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.audit, err = audit.New(audit.Config{Origin: "test.bulwark.local/audit", CheckpointInterval: time.Hour, CommitBatch: 1024, MaxEventBytes: 1 << 20},
+		audit.Deps{DB: db, SignerKey: skey, VerifierKey: vkey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = env.audit.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	for deadline := time.Now().Add(10 * time.Second); !env.audit.Ready(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("audit log not ready")
+		}
+	}
+	if env.sealer, err = keys.OpenSealed(filepath.Join(t.TempDir(), "keys")); err != nil {
+		t.Fatal(err)
+	}
+
+	var handler http.Handler = http.NotFoundHandler()
+	env.ts = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { handler.ServeHTTP(w, r) }))
+	env.ts.TLS = &tls.Config{ClientAuth: tls.RequestClientCert, MinVersion: tls.VersionTLS12}
+	env.ts.StartTLS()
+	t.Cleanup(env.ts.Close)
+	env.url = env.ts.URL
+
+	cfg := DefaultConfig(env.url)
+	cfg.Argon2MemoryKiB, cfg.Argon2Iterations = 1024, 1
+	cfg.BackoffBase = 0
+	for _, o := range opts {
+		o(&cfg)
+	}
+	env.srv, err = New(ctx, cfg, Deps{DB: db, Sealer: env.sealer, Audit: env.audit, Now: env.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	env.srv.Register(mux, func(next http.Handler) http.Handler { return next })
+	handler = httpapi.WithRequestID(mux)
+	return env
+}
+
+// client returns an HTTP client that trusts the server, optionally
+// presenting a client certificate.
+func (env *testEnv) client(certs ...tls.Certificate) *http.Client {
+	c := env.ts.Client()
+	tr := c.Transport.(*http.Transport).Clone()
+	tr.TLSClientConfig.Certificates = certs
+	return &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+}
+
+// auditEvents returns every event in the audit log, decoded.
+func (env *testEnv) auditEvents() []audit.Event {
+	env.t.Helper()
+	ctx := context.Background()
+	size, err := env.audit.Size(ctx)
+	if err != nil {
+		env.t.Fatal(err)
+	}
+	var out []audit.Event
+	for start := int64(0); start < size; {
+		entries, err := env.audit.Entries(ctx, start, 1000)
+		if err != nil {
+			env.t.Fatal(err)
+		}
+		if len(entries) == 0 {
+			break
+		}
+		for _, e := range entries {
+			var ev audit.Event
+			if err := json.Unmarshal(e.Data, &ev); err != nil {
+				env.t.Fatalf("audit entry %d: %v", e.Index, err)
+			}
+			out = append(out, ev)
+		}
+		start = entries[len(entries)-1].Index + 1
+	}
+	return out
+}
+
+// countEvents counts audit events of class and activity with the outcome.
+func (env *testEnv) countEvents(class, activity, status int) int {
+	n := 0
+	for _, e := range env.auditEvents() {
+		if e.ClassUID == class && e.ActivityID == activity && e.StatusID == status {
+			n++
+		}
+	}
+	return n
+}
