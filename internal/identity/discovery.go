@@ -56,6 +56,7 @@ func (s *Server) metadata() Metadata {
 		AuthorizationEndpoint:                      s.endpoint(PathAuthorize),
 		TokenEndpoint:                              s.endpoint(PathToken),
 		JWKSURI:                                    s.endpoint(PathJWKS),
+		UserInfoEndpoint:                           s.endpoint(PathUserInfo),
 		PushedAuthorizationRequestEndpoint:         s.endpoint(PathPAR),
 		IntrospectionEndpoint:                      s.endpoint(PathIntrospect),
 		RevocationEndpoint:                         s.endpoint(PathRevoke),

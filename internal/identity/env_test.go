@@ -78,7 +78,7 @@ func newTestEnv(t testing.TB, db *store.DB, opts ...func(*Config)) *testEnv {
 		t.Fatal(err)
 	}
 
-	var handler http.Handler = http.NotFoundHandler()
+	handler := http.NotFoundHandler()
 	env.ts = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { handler.ServeHTTP(w, r) }))
 	env.ts.TLS = &tls.Config{ClientAuth: tls.RequestClientCert, MinVersion: tls.VersionTLS12}
 	env.ts.StartTLS()

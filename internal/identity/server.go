@@ -123,6 +123,10 @@ type Deps struct {
 	Metrics prometheus.Registerer
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// AdminID returns the identity of the administrator behind an admin
+	// API request (the admin credential ID), recorded in audit events of
+	// client and user changes; nil records "admin".
+	AdminID func(ctx context.Context) string
 }
 
 // Server is the authorization server.
@@ -137,6 +141,12 @@ type Server struct {
 
 	clients *clientStore
 	keys    *keyManager
+	adminID func(ctx context.Context) string
+	// mgmt is the replay store's batcher and the revocation feed's
+	// notifier; its zero value is ready to use.
+	mgmt mgmtState
+	// nonces issues and checks DPoP server nonces.
+	nonces *nonceSource
 }
 
 // New validates cfg and builds the server. Call Run to keep its signing
@@ -183,6 +193,11 @@ func New(ctx context.Context, cfg Config, deps Deps) (*Server, error) {
 		log:     deps.Logger,
 		now:     deps.Now,
 		clients: newClientStore(deps.DB, deps.Now),
+		adminID: deps.AdminID,
+		nonces:  newNonceSource(),
+	}
+	if s.adminID == nil {
+		s.adminID = func(context.Context) string { return "admin" }
 	}
 	var err error
 	if s.metrics, err = newMetrics(deps.Metrics); err != nil {
@@ -311,6 +326,11 @@ const (
 	actMFAEnable      = 10 // Account Change
 	actMFADisable     = 11 // Account Change
 )
+
+// adminActor is the audit actor of an admin API request.
+func (s *Server) adminActor(ctx context.Context) *audit.Actor {
+	return &audit.Actor{User: &audit.User{UID: s.adminID(ctx), Type: "Admin"}, AppName: "admin API"}
+}
 
 // newEvent returns an event of class/activity with the outcome set. The
 // class and activity names are filled in by the audit log.

@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -355,7 +354,7 @@ func (km *keyManager) verify(token, typ string) ([]byte, error) {
 	if len(token) > maxTokenLen || strings.Count(token, ".") != 2 {
 		return nil, errNotOurToken
 	}
-	jws, err := jose.ParseSigned(token, signingAlgs)
+	jws, err := jose.ParseSignedCompact(token, signingAlgs)
 	if err != nil || len(jws.Signatures) != 1 {
 		return nil, errNotOurToken
 	}
@@ -394,15 +393,4 @@ func checkIssuer(s string) string {
 		return "must not end with /"
 	}
 	return ""
-}
-
-// algNames returns the algorithms of keys, deduplicated.
-func algNames(keys []jose.JSONWebKey) []string {
-	var out []string
-	for _, k := range keys {
-		if !slices.Contains(out, k.Algorithm) {
-			out = append(out, k.Algorithm)
-		}
-	}
-	return out
 }
