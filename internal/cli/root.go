@@ -57,6 +57,7 @@ func NewRootCommand() *cobra.Command {
 		newServerCommand(),
 		newDevCommand(),
 		newAuditCommand(),
+		newClientsCommand(),
 	)
 	return root
 }

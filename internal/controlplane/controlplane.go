@@ -1,7 +1,8 @@
 // Package controlplane assembles the Bulwark control plane from its
 // components — store, keys, TLS, admin authentication, the audit log and
-// its API, health and metrics — and serves it over HTTPS until its context
-// ends. `bulwark server` and `bulwark dev` both run it.
+// its API, the OAuth 2.0 / OpenID Connect authorization server, health and
+// metrics — and serves it over HTTPS until its context ends. `bulwark
+// server` and `bulwark dev` both run it.
 package controlplane
 
 import (
@@ -29,6 +30,7 @@ import (
 	"github.com/bulwarksec/bulwark/internal/config"
 	"github.com/bulwarksec/bulwark/internal/devinfo"
 	"github.com/bulwarksec/bulwark/internal/httpapi"
+	"github.com/bulwarksec/bulwark/internal/identity"
 	"github.com/bulwarksec/bulwark/internal/keys"
 	"github.com/bulwarksec/bulwark/internal/store"
 )
@@ -47,9 +49,15 @@ type Server struct {
 	log      *slog.Logger
 	db       *store.DB
 	audit    *audit.Log
+	identity *identity.Server
 	http     *http.Server
-	listener net.Listener
-	caFile   string
+	// longPolls is canceled when shutdown begins, ending the long polls
+	// of the revocation feed, which would otherwise hold Shutdown for up
+	// to their wait time.
+	longPolls    context.Context
+	endLongPolls context.CancelFunc
+	listener     net.Listener
+	caFile       string
 
 	// NewAdminCredential is the admin credential created at this start, or
 	// "" if one existed already. It is shown once and never again.
@@ -81,6 +89,7 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *Serve
 		return nil, err
 	}
 	s := &Server{cfg: cfg, log: logger, db: db}
+	s.longPolls, s.endLongPolls = context.WithCancel(context.Background())
 	defer func() {
 		if err != nil {
 			s.close()
@@ -138,13 +147,25 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *Serve
 	if err != nil {
 		return nil, err
 	}
+	// The listener is bound before the authorization server is built: its
+	// default issuer is the bound address, so that port 0 works.
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
 	s.listener = tls.NewListener(ln, tlsCfg)
+
+	idCfg, err := identity.ConfigFrom(cfg.Identity, s.URL())
+	if err != nil {
+		return nil, err
+	}
+	s.identity, err = identity.New(ctx, idCfg, identity.Deps{DB: db, Sealer: ks, Audit: s.audit, Logger: logger, Metrics: reg, AdminID: adminauth.CredentialID})
+	if err != nil {
+		return nil, err
+	}
+	s.identity.Register(mux, auth.Require)
 	s.http = &http.Server{
-		Handler:           httpapi.WithRequestID(securityHeaders(mux)),
+		Handler:           httpapi.WithRequestID(securityHeaders(s.cancelLongPolls(mux))),
 		TLSConfig:         tlsCfg,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       60 * time.Second,
@@ -185,7 +206,10 @@ func (s *Server) tlsConfig(ks *keys.Sealed) (*tls.Config, error) {
 	if s.cfg.TLS.MinVersion == "1.3" {
 		minVersion = tls.VersionTLS13
 	}
-	cfg := &tls.Config{MinVersion: minVersion, NextProtos: []string{"h2", "http/1.1"}}
+	// Client certificates are requested, never required nor verified here:
+	// the authorization server checks them for mTLS client authentication
+	// (RFC 8705) and binds tokens to them; every other route ignores them.
+	cfg := &tls.Config{MinVersion: minVersion, NextProtos: []string{"h2", "http/1.1"}, ClientAuth: tls.RequestClientCert}
 	if s.cfg.TLS.CertFile != "" {
 		cert, err := tls.LoadX509KeyPair(s.cfg.TLS.CertFile, s.cfg.TLS.KeyFile)
 		if err != nil {
@@ -217,6 +241,21 @@ func securityHeaders(next http.Handler) http.Handler {
 		h.Set("X-Content-Type-Options", "nosniff")
 		h.Set("X-Frame-Options", "DENY")
 		h.Set("Referrer-Policy", "no-referrer")
+		next.ServeHTTP(w, r)
+	})
+}
+
+// cancelLongPolls gives long-poll requests a context that ends when
+// shutdown begins. Other requests keep theirs: in-flight work finishes.
+func (s *Server) cancelLongPolls(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == identity.PathRevocations {
+			ctx, cancel := context.WithCancel(r.Context())
+			defer cancel()
+			stop := context.AfterFunc(s.longPolls, cancel)
+			defer stop()
+			r = r.WithContext(ctx)
+		}
 		next.ServeHTTP(w, r)
 	})
 }
@@ -256,14 +295,26 @@ func (s *Server) AdminCredentialPath() string {
 // AuditLog returns the audit log.
 func (s *Server) AuditLog() *audit.Log { return s.audit }
 
+// Identity returns the authorization server.
+func (s *Server) Identity() *identity.Server { return s.identity }
+
+// Issuer returns the authorization server's issuer identifier: identity.issuer,
+// or the control plane's URL when that is empty.
+func (s *Server) Issuer() string { return s.identity.Issuer() }
+
 // Run serves until ctx ends, then shuts down in order: stop accepting,
-// finish in-flight requests (whose appends the log still commits), then
-// stop the log and close the store.
+// finish in-flight requests (whose appends the log still commits), stop
+// the authorization server's key rotation and pruning, then stop the log
+// and close the store.
 func (s *Server) Run(ctx context.Context) error {
 	defer s.close()
 	logCtx, stopLog := context.WithCancel(context.Background())
 	logDone := make(chan error, 1)
 	go func() { logDone <- s.audit.Run(logCtx) }()
+
+	idCtx, stopIdentity := context.WithCancel(context.Background())
+	idDone := make(chan error, 1)
+	go func() { idDone <- s.identity.Run(idCtx) }()
 
 	httpDone := make(chan error, 1)
 	go func() { httpDone <- s.http.Serve(s.listener) }()
@@ -274,6 +325,12 @@ func (s *Server) Run(ctx context.Context) error {
 	case err := <-logDone:
 		runErr = fmt.Errorf("audit log stopped: %w", err)
 		logDone <- nil
+	case err := <-idDone:
+		if err == nil {
+			err = errors.New("stopped before the control plane")
+		}
+		runErr = fmt.Errorf("authorization server: %w", err)
+		idDone <- nil
 	case err := <-httpDone:
 		if !errors.Is(err, http.ErrServerClosed) {
 			runErr = fmt.Errorf("serve: %w", err)
@@ -282,8 +339,13 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
+	s.endLongPolls()
 	if err := s.http.Shutdown(shutdownCtx); err != nil {
 		runErr = errors.Join(runErr, fmt.Errorf("shut down HTTP: %w", err))
+	}
+	stopIdentity()
+	if err := <-idDone; err != nil {
+		runErr = errors.Join(runErr, fmt.Errorf("authorization server: %w", err))
 	}
 	stopLog()
 	if err := <-logDone; err != nil {
@@ -295,6 +357,7 @@ func (s *Server) Run(ctx context.Context) error {
 
 func (s *Server) close() {
 	s.closeOnce.Do(func() {
+		s.endLongPolls()
 		if s.listener != nil {
 			s.listener.Close()
 		}

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -188,4 +189,184 @@ func TestSecondStartKeepsKeysAndCredential(t *testing.T) {
 	if _, err := controlplane.New(context.Background(), &cfg, nil); err == nil || !strings.Contains(err.Error(), "origin") {
 		t.Fatalf("origin change: %v", err)
 	}
+}
+
+func TestControlPlaneServesIdentity(t *testing.T) {
+	t.Parallel()
+	for _, d := range storetest.Backends {
+		t.Run(string(d), func(t *testing.T) {
+			t.Parallel()
+			cfg := config.Default()
+			cfg.DataDir = t.TempDir()
+			if d == store.Postgres {
+				cfg.Store.Driver = config.DriverPostgres
+				cfg.Store.DSN = storetest.NewPostgresSchema(t)
+			}
+			srv, client := start(t, cfg)
+			if srv.Issuer() != srv.URL() || srv.Identity() == nil {
+				t.Fatalf("issuer %q, URL %q", srv.Issuer(), srv.URL())
+			}
+
+			// Discovery names the bound address (port 0 was asked for).
+			var meta struct {
+				Issuer        string `json:"issuer"`
+				TokenEndpoint string `json:"token_endpoint"`
+				JWKSURI       string `json:"jwks_uri"`
+			}
+			getJSON(t, client, srv.URL()+"/.well-known/openid-configuration", &meta)
+			if meta.Issuer != srv.URL() || meta.TokenEndpoint != srv.URL()+"/oauth2/token" {
+				t.Fatalf("discovery: %+v", meta)
+			}
+			var jwks struct {
+				Keys []map[string]any `json:"keys"`
+			}
+			getJSON(t, client, meta.JWKSURI, &jwks)
+			if len(jwks.Keys) == 0 || jwks.Keys[0]["alg"] != "EdDSA" {
+				t.Fatalf("jwks: %+v", jwks)
+			}
+
+			// The client admin API needs the admin credential.
+			reg := `{"client_id":"svc","token_endpoint_auth_method":"self_signed_tls_client_auth","profile":"oauth2",
+				"jwks":{"keys":[]},"grant_types":["client_credentials"],"scopes":["a"],"audiences":["api"]}`
+			for _, tc := range []struct {
+				name, cred string
+				want       int
+			}{
+				{"no credential", "", http.StatusUnauthorized},
+				{"wrong credential", "bwk_0000000000000000_" + strings.Repeat("A", 43), http.StatusUnauthorized},
+				{"admin", srv.NewAdminCredential, http.StatusBadRequest}, // authenticated: the empty JWKS is refused
+			} {
+				req, _ := http.NewRequest(http.MethodPost, srv.URL()+"/v1/identity/clients", strings.NewReader(reg))
+				req.Header.Set("Content-Type", "application/json")
+				if tc.cred != "" {
+					req.Header.Set("Authorization", "Bearer "+tc.cred)
+				}
+				resp, err := client.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != tc.want {
+					t.Errorf("%s: %d %s, want %d", tc.name, resp.StatusCode, body, tc.want)
+				}
+			}
+			if _, err := srv.Identity().GetClient(context.Background(), "svc"); err == nil {
+				t.Fatal("a refused registration was stored")
+			}
+
+			// The listener asks for a client certificate (mTLS client
+			// authentication and certificate-bound tokens) but does not
+			// require one: the clients above presented none.
+			asked := false
+			conn, err := tls.Dial("tcp", srv.Addr().String(), &tls.Config{
+				RootCAs: client.Transport.(*http.Transport).TLSClientConfig.RootCAs, ServerName: "127.0.0.1",
+				GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+					asked = true
+					return &tls.Certificate{}, nil
+				},
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			conn.Close()
+			if !asked {
+				t.Fatal("the control plane did not request a client certificate")
+			}
+		})
+	}
+}
+
+func TestControlPlaneConfiguredIssuer(t *testing.T) {
+	t.Parallel()
+	cfg := config.Default()
+	cfg.DataDir = t.TempDir()
+	cfg.Identity.Issuer = "https://id.bank.example"
+	srv, client := start(t, cfg)
+	if srv.Issuer() != "https://id.bank.example" {
+		t.Fatalf("issuer %q", srv.Issuer())
+	}
+	var meta struct {
+		Issuer        string `json:"issuer"`
+		TokenEndpoint string `json:"token_endpoint"`
+	}
+	getJSON(t, client, srv.URL()+"/.well-known/oauth-authorization-server", &meta)
+	if meta.Issuer != "https://id.bank.example" || meta.TokenEndpoint != "https://id.bank.example/oauth2/token" {
+		t.Fatalf("metadata: %+v", meta)
+	}
+}
+
+// TestShutdownEndsLongPolls checks that a revocation-feed long poll does
+// not hold the shutdown for its whole wait.
+func TestShutdownEndsLongPolls(t *testing.T) {
+	t.Parallel()
+	cfg := config.Default()
+	cfg.DataDir = t.TempDir()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.ResolvePaths()
+	srv, err := controlplane.New(context.Background(), &cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	pem, err := os.ReadFile(srv.CAFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	client := &http.Client{Timeout: 40 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	var after int64
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		var feed struct {
+			Next int64 `json:"next"`
+		}
+		if getJSONErr(client, srv.URL()+"/oauth2/revocations?after=0", &feed) == nil {
+			after = feed.Next
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("revocation feed not served")
+		}
+	}
+	polled := make(chan struct{})
+	go func() {
+		defer close(polled)
+		resp, err := client.Get(fmt.Sprintf("%s/oauth2/revocations?after=%d&wait=30", srv.URL(), after))
+		if err == nil {
+			resp.Body.Close()
+		}
+	}()
+	time.Sleep(300 * time.Millisecond) // the poll is waiting
+	start := time.Now()
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("run: %v", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("shutdown took %s with a long poll open", d)
+	}
+	<-polled
+}
+
+func getJSON(t *testing.T, client *http.Client, url string, v any) {
+	t.Helper()
+	if err := getJSONErr(client, url, v); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func getJSONErr(client *http.Client, url string, v any) error {
+	resp, err := client.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("GET %s: %d %s", url, resp.StatusCode, body)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
 }

@@ -33,6 +33,31 @@ type Info struct {
 	AuditPublicKey string `json:"audit_public_key"`
 	// MetricsURL is the Prometheus endpoint.
 	MetricsURL string `json:"metrics_url"`
+	// Issuer is the OAuth 2.0 / OpenID Connect issuer identifier; its
+	// discovery document is at <issuer>/.well-known/openid-configuration.
+	Issuer string `json:"issuer,omitempty"`
+	// DemoUser is the user `bulwark dev` creates for trying logins.
+	DemoUser *DemoUser `json:"demo_user,omitempty"`
+	// DemoClient is the confidential client `bulwark dev` registers.
+	DemoClient *DemoClient `json:"demo_client,omitempty"`
+}
+
+// DemoUser is the demo user's name and the file holding its password.
+type DemoUser struct {
+	Username string `json:"username"`
+	// PasswordFile holds the password (0600), generated at first start.
+	PasswordFile string `json:"password_file"`
+}
+
+// DemoClient is the demo client: a FAPI 2.0 client that authenticates
+// with its self-signed certificate (self_signed_tls_client_auth) and gets
+// tokens bound to it.
+type DemoClient struct {
+	ClientID string `json:"client_id"`
+	// PrivateKeyFile is the client's PEM private key (0600).
+	PrivateKeyFile string `json:"private_key_file"`
+	// CertificateFile is the client's self-signed PEM certificate.
+	CertificateFile string `json:"certificate_file"`
 }
 
 // maxBytes bounds the file read.

@@ -61,18 +61,68 @@ func TestEveryPackageHasADocComment(t *testing.T) {
 	}
 }
 
+// The SDK keeps its dependencies small: the standard library, plus
+// go-jose for JOSE, and gRPC (with what gRPC itself needs) only in the
+// gRPC interceptors.
+const (
+	joseModule     = "github.com/go-jose/go-jose/v4"
+	grpcModule     = "google.golang.org/grpc"
+	grpcSDKPackage = module + "/sdk/authn/authngrpc"
+)
+
+// inModule reports whether package path belongs to module mod.
+func inModule(path, mod string) bool {
+	return path == mod || strings.HasPrefix(path, mod+"/")
+}
+
+// thirdParty reports whether path is a package outside this module and the
+// standard library (whose first element has no dot).
+func thirdParty(path string) bool {
+	return !inModule(path, module) && strings.Contains(strings.SplitN(path, "/", 2)[0], ".")
+}
+
+// depsOf lists the packages the given packages depend on, themselves
+// included.
+func depsOf(t *testing.T, pkgs []string) map[string]bool {
+	t.Helper()
+	out := map[string]bool{}
+	if len(pkgs) == 0 {
+		return out
+	}
+	b, err := exec.Command("go", append([]string{"list", "-deps"}, pkgs...)...).Output()
+	if err != nil {
+		t.Fatalf("go list -deps %v: %v", pkgs, err)
+	}
+	for _, line := range strings.Fields(string(b)) {
+		out[line] = true
+	}
+	return out
+}
+
 func TestSDKDoesNotImportInternals(t *testing.T) {
 	t.Parallel()
 	for _, p := range listPackages(t) {
 		if !strings.HasPrefix(p.ImportPath, module+"/sdk/") {
 			continue
 		}
+		grpcOK := p.ImportPath == grpcSDKPackage
+		var grpcImports []string
+		for _, imp := range p.Imports {
+			switch {
+			case !thirdParty(imp), inModule(imp, joseModule):
+			case grpcOK && inModule(imp, grpcModule):
+				grpcImports = append(grpcImports, imp)
+			default:
+				t.Errorf("SDK package %s imports third-party %s: keep the SDK's dependencies small (standard library, go-jose; gRPC only in authngrpc)", p.ImportPath, imp)
+			}
+		}
+		grpcDeps := depsOf(t, grpcImports)
 		for _, d := range p.Deps {
 			if strings.HasPrefix(d, module+"/internal/") {
 				t.Errorf("SDK package %s depends on %s: the SDK must not import server internals", p.ImportPath, d)
 			}
-			if !strings.HasPrefix(d, module) && strings.Contains(strings.SplitN(d, "/", 2)[0], ".") {
-				t.Errorf("SDK package %s depends on third-party %s: keep the SDK's dependencies small (standard library)", p.ImportPath, d)
+			if thirdParty(d) && !inModule(d, joseModule) && !grpcDeps[d] {
+				t.Errorf("SDK package %s depends on third-party %s: keep the SDK's dependencies small (standard library, go-jose; gRPC only in authngrpc)", p.ImportPath, d)
 			}
 		}
 	}
