@@ -1,15 +1,20 @@
 #!/usr/bin/env bash
-# Runs the audit log benchmarks (bench/audit_test.go) with fixed settings,
-# prints the figures as a table and checks them against the targets:
-#   SQLite appends: >= 20,000 events/s with 1 KiB events, p99 ack <= 50 ms
-#                   (every load shape; the paced ones must keep up with 20,000/s)
-#   inclusion proof at 1M entries (SQLite): < 1 ms
+# Runs the benchmarks under bench/ with fixed settings, prints the figures
+# as tables and checks them against the targets:
+#   audit log (bench/audit_test.go):
+#     SQLite appends: >= 20,000 events/s with 1 KiB events, p99 ack <= 50 ms
+#                     (every load shape; the paced ones must keep up with 20,000/s)
+#     inclusion proof at 1M entries (SQLite): < 1 ms
+#   identity (bench/identity_test.go, bench/authn_test.go):
+#     client-credentials tokens with private_key_jwt over HTTPS (SQLite): >= 5,000/s
+#     sdk/authn verification of a cached valid token: >= 100,000/s
 # PostgreSQL figures are reported without a target. Exits 1 if a target is
 # missed. Needs the test PostgreSQL (make test-deps; `make bench` starts it).
 #
 # Settings (environment): BENCH_COUNT runs of each append benchmark, the
 # median is reported (default 3); BENCH_EVENTS events per append run
 # (default 60000); BENCH_PROOFS proofs per proof run (default 2000);
+# BENCH_TOKENS token requests per identity run (default 30000);
 # BENCH_OUT directory for the raw output (default a new temporary one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +22,7 @@ cd "$(dirname "$0")/.."
 count=${BENCH_COUNT:-3}
 events=${BENCH_EVENTS:-60000}
 proofs=${BENCH_PROOFS:-2000}
+tokens=${BENCH_TOKENS:-30000}
 out=${BENCH_OUT:-$(mktemp -d)}
 mkdir -p "$out"
 
@@ -37,12 +43,20 @@ echo "running proof benchmarks: ${proofs} proofs a run (raw output: $out/proof.t
   -test.benchtime "${proofs}x" -test.count 1 >"$out/proof.txt" 2>&1 || {
   cat "$out/proof.txt"; echo "proof benchmarks failed" >&2; exit 1; }
 
+echo "running identity benchmarks: ${tokens} token requests a run, ${count} runs (raw output: $out/identity.txt)"
+"$out/bench.test" -test.run '^$' -test.bench '^BenchmarkClientCredentialsPrivateKeyJWT$' \
+  -test.benchtime "${tokens}x" -test.count "$count" >"$out/identity.txt" 2>&1 || {
+  cat "$out/identity.txt"; echo "identity benchmarks failed" >&2; exit 1; }
+"$out/bench.test" -test.run '^$' -test.bench '^BenchmarkVerify(Cached|Uncached)$' \
+  -test.benchtime 2s -test.count "$count" >>"$out/identity.txt" 2>&1 || {
+  cat "$out/identity.txt"; echo "identity benchmarks failed" >&2; exit 1; }
+
 echo "load average after the run: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 
 # The benchmark lines are "Name-PROCS  N  value unit  value unit ...". For
 # each benchmark, report the median over its runs of each metric.
-cat "$out/append.txt" "$out/proof.txt" | awk '
+cat "$out/append.txt" "$out/proof.txt" "$out/identity.txt" | awk '
 function median(key,    n, i, j, v, t) {
   n = cnt[key]
   for (i = 1; i <= n; i++) v[i] = val[key, i]
@@ -87,6 +101,23 @@ END {
     }
     short = name; sub(/^BenchmarkInclusionProof1M\//, "", short)
     printf "%-44s %10.1f %10s  %s\n", short, us, build >= 0 ? sprintf("%.1f", build) : "", verdict
+  }
+  printf "\n%-44s %12s %8s %8s  %s\n", "identity benchmark", "per second", "p50 ms", "p99 ms", "target"
+  for (o = 1; o <= names; o++) {
+    name = order[o]
+    if (name == "BenchmarkClientCredentialsPrivateKeyJWT") {
+      rate = m(name, "tokens/s"); ok = rate >= 5000
+      if (!ok) fails++
+      printf "%-44s %12.0f %8.2f %8.2f  %s\n", "client-credentials tokens (private_key_jwt)", rate, m(name, "p50-ms"), m(name, "p99-ms"), sprintf("%s (>= 5000/s)", ok ? "PASS" : "FAIL")
+    } else if (name ~ /^BenchmarkVerify/) {
+      rate = m(name, "verifications/s"); verdict = "none"
+      if (name ~ /^BenchmarkVerifyCached/) {
+        ok = rate >= 100000; verdict = sprintf("%s (>= 100000/s)", ok ? "PASS" : "FAIL")
+        if (!ok) fails++
+      }
+      short = name; sub(/^Benchmark/, "", short)
+      printf "%-44s %12.0f %8s %8s  %s\n", short, rate, "", "", verdict
+    }
   }
   if (fails) { printf "\n%d target(s) missed\n", fails; exit 1 }
   printf "\nall targets met\n"

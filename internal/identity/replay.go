@@ -32,7 +32,17 @@ const (
 // useOnce records that jti was used in namespace (for example "dpop" or
 // "client_assertion") and must not be accepted again until until. It
 // returns an error wrapping errReplay when the identifier was already
-// recorded, and returns only once the record is durable.
+// recorded.
+//
+// The record is committed asynchronously (store.InTxAsyncCommit): it is
+// visible to every other caller at once, and becomes durable with the next
+// synchronous commit on the database. Every caller acts on a fresh
+// identifier only through such a commit — the token endpoint's audit event
+// of the issued token, PAR's stored request, a revocation's feed entry —
+// so a crash cannot lose an identifier whose use changed anything. (A
+// successful introspection writes nothing: after a crash, its assertion
+// could at most repeat that read within the assertion's few minutes.)
+// This takes an fsync off the token endpoint's hot path.
 //
 // It is on the token endpoint's hot path, so concurrent calls are group-
 // committed: callers queue their identifiers, and the first caller to
@@ -188,7 +198,7 @@ func commitReplayBatch(ctx context.Context, db *store.DB, batch []*replayReq) ([
 	query := q.String()
 
 	var inserted map[key]bool
-	err := db.InTx(ctx, func(tx *store.Tx) error {
+	err := db.InTxAsyncCommit(ctx, func(tx *store.Tx) error {
 		inserted = make(map[key]bool, len(rows)) // the function may run again
 		res, err := tx.QueryContext(ctx, query, args...)
 		if err != nil {

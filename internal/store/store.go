@@ -8,6 +8,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"net/url"
@@ -44,6 +45,25 @@ type Options struct {
 type DB struct {
 	sql    *sql.DB
 	driver Driver
+	// txSem serializes SQLite transactions in this process. SQLite allows
+	// one writer at a time (and every transaction here is a write
+	// transaction, BEGIN IMMEDIATE); waiting on a mutex hands the lock over
+	// at once, where SQLite's busy handler would sleep and poll.
+	txSem chan struct{}
+}
+
+// lockTx takes the SQLite transaction lock, or fails when ctx ends first.
+// On PostgreSQL it does nothing.
+func (db *DB) lockTx(ctx context.Context) (unlock func(), err error) {
+	if db.driver != SQLite {
+		return func() {}, nil
+	}
+	select {
+	case db.txSem <- struct{}{}:
+		return func() { <-db.txSem }, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("begin transaction: %w", ctx.Err())
+	}
 }
 
 // Open connects to the backend named by opts, checks the connection and
@@ -83,7 +103,7 @@ func Open(ctx context.Context, opts Options) (*DB, error) {
 	sdb.SetMaxOpenConns(maxConns)
 	sdb.SetMaxIdleConns(maxConns)
 	sdb.SetConnMaxIdleTime(5 * time.Minute)
-	db := &DB{sql: sdb, driver: opts.Driver}
+	db := &DB{sql: sdb, driver: opts.Driver, txSem: make(chan struct{}, 1)}
 	if err := sdb.PingContext(ctx); err != nil {
 		sdb.Close()
 		return nil, fmt.Errorf("open %s store: connect: %w", opts.Driver, err)
@@ -264,7 +284,92 @@ func (db *DB) InTx(ctx context.Context, fn func(tx *Tx) error) error {
 }
 
 func (db *DB) inTxOnce(ctx context.Context, fn func(tx *Tx) error) (err error) {
+	unlock, err := db.lockTx(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	stx, err := db.sql.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin transaction: %w", err)
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			_ = stx.Rollback()
+			panic(p)
+		}
+	}()
+	if err := fn(&Tx{tx: stx, db: db}); err != nil {
+		if rbErr := stx.Rollback(); rbErr != nil && !errors.Is(rbErr, sql.ErrTxDone) {
+			return errors.Join(err, fmt.Errorf("roll back: %w", rbErr))
+		}
+		return err
+	}
+	if err := stx.Commit(); err != nil {
+		return fmt.Errorf("commit transaction: %w", err)
+	}
+	return nil
+}
+
+// InTxAsyncCommit is InTx for writes that may be lost in a crash as long
+// as nothing that depends on them survives it: the commit returns before
+// the write is flushed to disk (SQLite synchronous=NORMAL for this
+// transaction; PostgreSQL synchronous_commit=off). Both backends keep
+// commits in log order, so the write becomes durable no later than the
+// next synchronous commit on the same database — for example the audit
+// event that a caller appends before it acts on the write. A crash can
+// lose only the newest asynchronous commits, never reorder or corrupt them.
+func (db *DB) InTxAsyncCommit(ctx context.Context, fn func(tx *Tx) error) error {
+	if db.driver == Postgres {
+		return db.InTx(ctx, func(tx *Tx) error {
+			if _, err := tx.ExecContext(ctx, "SET LOCAL synchronous_commit = off"); err != nil {
+				return fmt.Errorf("asynchronous commit: %w", err)
+			}
+			return fn(tx)
+		})
+	}
+	var err error
+	for attempt := 1; attempt <= maxTxAttempts; attempt++ {
+		err = db.sqliteAsyncOnce(ctx, fn)
+		if err == nil || !IsTransient(err) || ctx.Err() != nil {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(time.Duration(attempt*attempt) * 5 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("transaction failed after %d attempts: %w", maxTxAttempts, err)
+}
+
+// sqliteAsyncOnce runs fn in one transaction on a connection switched to
+// synchronous=NORMAL, and switches it back (or discards it) before it
+// returns to the pool.
+func (db *DB) sqliteAsyncOnce(ctx context.Context, fn func(tx *Tx) error) (err error) {
+	conn, err := db.sql.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("asynchronous commit: %w", err)
+	}
+	defer func() {
+		// Restore under a fresh context: the caller's may be done.
+		rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if _, rerr := conn.ExecContext(rctx, "PRAGMA synchronous = FULL"); rerr != nil {
+			// Never return a relaxed connection to the pool.
+			_ = conn.Raw(func(any) error { return driver.ErrBadConn })
+		}
+		conn.Close()
+	}()
+	unlock, err := db.lockTx(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if _, err := conn.ExecContext(ctx, "PRAGMA synchronous = NORMAL"); err != nil {
+		return fmt.Errorf("asynchronous commit: %w", err)
+	}
+	stx, err := conn.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin transaction: %w", err)
 	}

@@ -3,7 +3,9 @@ package store_test
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"errors"
+	"fmt"
 	"math"
 	"strings"
 	"sync"
@@ -209,4 +211,65 @@ func blobType(db *store.DB) string {
 		return "BYTEA"
 	}
 	return "BLOB"
+}
+
+// TestAsyncCommit checks InTxAsyncCommit on both backends: it commits and
+// rolls back like InTx, and leaves no connection of the pool relaxed.
+func TestAsyncCommit(t *testing.T) {
+	t.Parallel()
+	storetest.ForEachBackend(t, func(t *testing.T, db *store.DB) {
+		ctx := context.Background()
+		if _, err := db.ExecContext(ctx, "CREATE TABLE seen (k TEXT PRIMARY KEY)"); err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		for i := range 20 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				err := db.InTxAsyncCommit(ctx, func(tx *store.Tx) error {
+					_, err := tx.ExecContext(ctx, "INSERT INTO seen (k) VALUES (?)", fmt.Sprint(i))
+					return err
+				})
+				if err != nil {
+					t.Error(err)
+				}
+			}()
+		}
+		wg.Wait()
+		errBoom := errors.New("boom")
+		err := db.InTxAsyncCommit(ctx, func(tx *store.Tx) error {
+			if _, err := tx.ExecContext(ctx, "INSERT INTO seen (k) VALUES (?)", "rolled-back"); err != nil {
+				return err
+			}
+			return errBoom
+		})
+		if !errors.Is(err, errBoom) {
+			t.Fatalf("InTxAsyncCommit = %v, want boom", err)
+		}
+		var n int
+		if err := db.QueryRowContext(ctx, "SELECT COUNT(*) FROM seen").Scan(&n); err != nil || n != 20 {
+			t.Fatalf("%d rows, %v; want 20", n, err)
+		}
+		// Every pooled connection is back to full durability.
+		conns := make([]*sql.Conn, 16)
+		for i := range conns {
+			c, err := db.SQL().Conn(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			conns[i] = c
+			q, want := "PRAGMA synchronous", "2" // FULL
+			if db.Driver() == store.Postgres {
+				q, want = "SHOW synchronous_commit", "on"
+			}
+			var got string
+			if err := c.QueryRowContext(ctx, q).Scan(&got); err != nil || got != want {
+				t.Errorf("connection %d: %s = %q, %v; want %q", i, q, got, err, want)
+			}
+		}
+		for _, c := range conns {
+			c.Close()
+		}
+	})
 }
