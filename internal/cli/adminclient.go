@@ -45,13 +45,19 @@ func (f *adminFlags) register(cmd *cobra.Command) {
 	pf.StringVar(&f.caCert, "ca-cert", "", "PEM CA certificate to trust for the server (default: ca_cert_file from dev.json, else the system roots)")
 }
 
-// devInfo reads dev.json: a missing file at the default path is no
-// defaults, at a path given explicitly an error. Relative paths in it are
-// relative to its directory.
+// devInfo reads dev.json (see readDevInfo).
 func (f *adminFlags) devInfo(cmd *cobra.Command) (*devinfo.Info, error) {
-	info, err := devinfo.Read(f.devJSON)
+	return readDevInfo(cmd, f.devJSON)
+}
+
+// readDevInfo reads the dev.json at path: a missing file at the default
+// path (--dev-json not given) means no defaults, at a path given
+// explicitly it is an error. Relative paths in it are relative to its
+// directory.
+func readDevInfo(cmd *cobra.Command, path string) (*devinfo.Info, error) {
+	info, err := devinfo.Read(path)
 	if err == nil {
-		dir := filepath.Dir(f.devJSON)
+		dir := filepath.Dir(path)
 		for _, p := range []*string{&info.AdminCredentialFile, &info.CACertFile} {
 			if *p != "" && !filepath.IsAbs(*p) {
 				*p = filepath.Join(dir, *p)

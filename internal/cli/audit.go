@@ -53,24 +53,9 @@ type auditConn struct {
 	origin string
 }
 
-// devInfo reads dev.json: a missing file at the default path is no
-// defaults, at a path given explicitly an error.
+// devInfo reads dev.json (see readDevInfo).
 func (f *auditFlags) devInfo(cmd *cobra.Command) (*devinfo.Info, error) {
-	info, err := devinfo.Read(f.devJSON)
-	if err == nil {
-		// Paths in dev.json are relative to its directory.
-		dir := filepath.Dir(f.devJSON)
-		for _, p := range []*string{&info.AdminCredentialFile, &info.CACertFile} {
-			if *p != "" && !filepath.IsAbs(*p) {
-				*p = filepath.Join(dir, *p)
-			}
-		}
-		return info, nil
-	}
-	if errors.Is(err, os.ErrNotExist) && !cmd.Flags().Changed("dev-json") {
-		return &devinfo.Info{}, nil
-	}
-	return nil, err
+	return readDevInfo(cmd, f.devJSON)
 }
 
 // keyAndOrigin resolves the verifier key and origin from flags and

@@ -268,9 +268,15 @@ const maxTxAttempts = 5
 // busy) is retried from the start, so fn must not have effects outside the
 // transaction that cannot be repeated.
 func (db *DB) InTx(ctx context.Context, fn func(tx *Tx) error) error {
+	return retryTransient(ctx, func() error { return db.inTxOnce(ctx, fn) })
+}
+
+// retryTransient runs once until it succeeds, fails for a reason other
+// than a transient conflict, ctx ends, or maxTxAttempts are spent.
+func retryTransient(ctx context.Context, once func() error) error {
 	var err error
 	for attempt := 1; attempt <= maxTxAttempts; attempt++ {
-		err = db.inTxOnce(ctx, fn)
+		err = once()
 		if err == nil || !IsTransient(err) || ctx.Err() != nil {
 			return err
 		}
@@ -293,22 +299,7 @@ func (db *DB) inTxOnce(ctx context.Context, fn func(tx *Tx) error) (err error) {
 	if err != nil {
 		return fmt.Errorf("begin transaction: %w", err)
 	}
-	defer func() {
-		if p := recover(); p != nil {
-			_ = stx.Rollback()
-			panic(p)
-		}
-	}()
-	if err := fn(&Tx{tx: stx, db: db}); err != nil {
-		if rbErr := stx.Rollback(); rbErr != nil && !errors.Is(rbErr, sql.ErrTxDone) {
-			return errors.Join(err, fmt.Errorf("roll back: %w", rbErr))
-		}
-		return err
-	}
-	if err := stx.Commit(); err != nil {
-		return fmt.Errorf("commit transaction: %w", err)
-	}
-	return nil
+	return db.runTx(stx, fn)
 }
 
 // InTxAsyncCommit is InTx for writes that may be lost in a crash as long
@@ -328,19 +319,7 @@ func (db *DB) InTxAsyncCommit(ctx context.Context, fn func(tx *Tx) error) error 
 			return fn(tx)
 		})
 	}
-	var err error
-	for attempt := 1; attempt <= maxTxAttempts; attempt++ {
-		err = db.sqliteAsyncOnce(ctx, fn)
-		if err == nil || !IsTransient(err) || ctx.Err() != nil {
-			return err
-		}
-		select {
-		case <-ctx.Done():
-			return err
-		case <-time.After(time.Duration(attempt*attempt) * 5 * time.Millisecond):
-		}
-	}
-	return fmt.Errorf("transaction failed after %d attempts: %w", maxTxAttempts, err)
+	return retryTransient(ctx, func() error { return db.sqliteAsyncOnce(ctx, fn) })
 }
 
 // sqliteAsyncOnce runs fn in one transaction on a connection switched to
@@ -373,6 +352,12 @@ func (db *DB) sqliteAsyncOnce(ctx context.Context, fn func(tx *Tx) error) (err e
 	if err != nil {
 		return fmt.Errorf("begin transaction: %w", err)
 	}
+	return db.runTx(stx, fn)
+}
+
+// runTx runs fn in the begun transaction stx, then commits, or rolls back
+// if fn fails or panics.
+func (db *DB) runTx(stx *sql.Tx, fn func(tx *Tx) error) (err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			_ = stx.Rollback()
