@@ -51,6 +51,10 @@ type Config struct {
 	// Identity configures the OAuth 2.0 / OpenID Connect authorization
 	// server.
 	Identity Identity `yaml:"identity"`
+	// CA configures the workload certificate authority (SPIFFE).
+	CA CA `yaml:"ca"`
+	// Agent configures `bulwark agent`.
+	Agent Agent `yaml:"agent"`
 	// Log configures the process's own logs.
 	Log Log `yaml:"log"`
 }
@@ -190,6 +194,44 @@ type PasswordHash struct {
 	Parallelism int `yaml:"parallelism"`
 }
 
+// CA configures the workload certificate authority of the control plane.
+type CA struct {
+	// TrustDomain is the SPIFFE trust domain of every workload identity.
+	// Default "bulwark.local".
+	TrustDomain string `yaml:"trust_domain"`
+	// SVIDTTL is the lifetime of X.509-SVIDs. Default 1h, range 10s..24h.
+	SVIDTTL Duration `yaml:"svid_ttl"`
+	// JWTSVIDTTL is the lifetime of JWT-SVIDs. Default 5m, range 10s..1h.
+	JWTSVIDTTL Duration `yaml:"jwt_svid_ttl"`
+	// IntermediateTTL is the lifetime of an intermediate signing
+	// certificate. Default 720h, range 1h..8760h.
+	IntermediateTTL Duration `yaml:"intermediate_ttl"`
+	// RotationOverlap is how long the previous intermediate stays trusted
+	// after a CA rotation. Default 2h, range 1m..720h; it must exceed
+	// SVIDTTL so that every SVID it signed expires within it.
+	RotationOverlap Duration `yaml:"rotation_overlap"`
+	// JoinTokenTTL is the default lifetime of agent join tokens. Default
+	// 10m, range 1m..24h.
+	JoinTokenTTL Duration `yaml:"join_token_ttl"`
+}
+
+// Agent configures `bulwark agent`, the node agent that attests local
+// workloads and serves them the SPIFFE Workload API.
+type Agent struct {
+	// ServerURL is the control plane's https URL. Default
+	// "https://127.0.0.1:8443".
+	ServerURL string `yaml:"server_url"`
+	// ServerCAFile is the PEM CA bundle that verifies the control plane's
+	// TLS certificate. Default empty: the system roots.
+	ServerCAFile string `yaml:"server_ca_file"`
+	// JoinTokenFile holds the one-time join token for the agent's first
+	// start; it is not needed once the agent has joined. Default empty.
+	JoinTokenFile string `yaml:"join_token_file"`
+	// SocketPath is the unix socket of the Workload API. Default empty,
+	// which means <data_dir>/agent/workload.sock.
+	SocketPath string `yaml:"socket_path"`
+}
+
 // Log configures the process's own logs.
 type Log struct {
 	// Level is the lowest level logged: "debug", "info" (default), "warn"
@@ -239,6 +281,17 @@ func Default() Config {
 			},
 			PasswordHash: PasswordHash{MemoryKiB: 19456, Iterations: 2, Parallelism: 1},
 		},
+		CA: CA{
+			TrustDomain:     "bulwark.local",
+			SVIDTTL:         Duration(time.Hour),
+			JWTSVIDTTL:      Duration(5 * time.Minute),
+			IntermediateTTL: Duration(720 * time.Hour),
+			RotationOverlap: Duration(2 * time.Hour),
+			JoinTokenTTL:    Duration(10 * time.Minute),
+		},
+		Agent: Agent{
+			ServerURL: "https://127.0.0.1:8443",
+		},
 		Log: Log{
 			Level:  "info",
 			Format: "json",
@@ -251,6 +304,9 @@ func Default() Config {
 func (c *Config) ResolvePaths() {
 	if c.Store.Driver == DriverSQLite && c.Store.Path == "" {
 		c.Store.Path = filepath.Join(c.DataDir, "bulwark.db")
+	}
+	if c.Agent.SocketPath == "" {
+		c.Agent.SocketPath = filepath.Join(c.DataDir, "agent", "workload.sock")
 	}
 }
 

@@ -89,6 +89,7 @@ func TestParseEmpty(t *testing.T) {
 	t.Parallel()
 	want := Default()
 	want.Store.Path = filepath.Join("/var/lib/bulwark", "bulwark.db")
+	want.Agent.SocketPath = filepath.Join("/var/lib/bulwark", "agent", "workload.sock")
 	for _, tc := range []struct{ name, yaml string }{
 		{"nothing", ""},
 		{"comments only", "# nothing here\n\n"},

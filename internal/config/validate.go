@@ -21,6 +21,8 @@ func (c *Config) Validate() error {
 	c.Store.validate(&v)
 	c.Audit.validate(&v)
 	c.Identity.validate(&v)
+	c.CA.validate(&v)
+	c.Agent.validate(&v)
 	v.oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 	v.oneOf("log.format", c.Log.Format, "json", "text")
 	if len(v.errs) == 0 {
@@ -107,6 +109,51 @@ func (id *Identity) validate(v *validator) {
 	v.intRange("identity.password_hash.memory_kib", id.PasswordHash.MemoryKiB, 1024, 4194304)
 	v.intRange("identity.password_hash.iterations", id.PasswordHash.Iterations, 1, 100)
 	v.intRange("identity.password_hash.parallelism", id.PasswordHash.Parallelism, 1, 64)
+}
+
+func (ca *CA) validate(v *validator) {
+	if msg := checkTrustDomain(ca.TrustDomain); msg != "" {
+		v.fail("ca.trust_domain", "%s, got %s", msg, quote(ca.TrustDomain))
+	}
+	svidOK := v.durationRange("ca.svid_ttl", ca.SVIDTTL, 10*time.Second, 24*time.Hour)
+	v.durationRange("ca.jwt_svid_ttl", ca.JWTSVIDTTL, 10*time.Second, time.Hour)
+	interOK := v.durationRange("ca.intermediate_ttl", ca.IntermediateTTL, time.Hour, 8760*time.Hour)
+	if v.durationRange("ca.rotation_overlap", ca.RotationOverlap, time.Minute, 720*time.Hour) {
+		if svidOK && ca.RotationOverlap <= ca.SVIDTTL {
+			v.fail("ca.rotation_overlap", "must exceed ca.svid_ttl (%s) so that every SVID of the old intermediate expires within it, got %s", ca.SVIDTTL, ca.RotationOverlap)
+		}
+		if interOK && ca.RotationOverlap >= ca.IntermediateTTL {
+			v.fail("ca.rotation_overlap", "must be less than ca.intermediate_ttl (%s), got %s", ca.IntermediateTTL, ca.RotationOverlap)
+		}
+	}
+	v.durationRange("ca.join_token_ttl", ca.JoinTokenTTL, time.Minute, 24*time.Hour)
+}
+
+func (a *Agent) validate(v *validator) {
+	if u, err := url.Parse(a.ServerURL); err != nil || u.Scheme != "https" || u.Host == "" || u.User != nil {
+		v.fail("agent.server_url", "must be an https URL such as \"https://cp.internal:8443\", got %s", quote(a.ServerURL))
+	}
+	v.path("agent.server_ca_file", a.ServerCAFile, false)
+	v.path("agent.join_token_file", a.JoinTokenFile, false)
+	v.path("agent.socket_path", a.SocketPath, false)
+	if len(a.SocketPath) > 100 {
+		v.fail("agent.socket_path", "must be at most 100 bytes (the limit of a unix socket path), got %d", len(a.SocketPath))
+	}
+}
+
+// checkTrustDomain checks a SPIFFE trust domain name: lowercase letters,
+// digits, '.', '-' and '_', 1 to 255 characters. It returns a message or "".
+func checkTrustDomain(s string) string {
+	if s == "" || len(s) > 255 {
+		return "must be 1 to 255 characters"
+	}
+	for i := range len(s) {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '.' || c == '-' || c == '_') {
+			return "may hold only lowercase letters, digits, '.', '-' and '_'"
+		}
+	}
+	return ""
 }
 
 // checkIssuer checks an OAuth issuer identifier (RFC 8414 §2): an https
