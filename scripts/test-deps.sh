@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Makes sure everything the tests need is running: a PostgreSQL server that
-# accepts the test DSN (BULWARK_TEST_POSTGRES, default the local server's
-# "test" database as user postgres over TCP). Starts the local cluster if it
-# is stopped, installs it from Debian's packages on a machine that has none.
-# Idempotent; safe to run before every test run.
+# Makes sure everything the tests need is there: SoftHSM2 (the PKCS#11 token
+# of the CA tests) and a PostgreSQL server that accepts the test DSN
+# (BULWARK_TEST_POSTGRES, default the local server's "test" database as user
+# postgres over TCP). Installs what is missing from Debian's packages and
+# starts the local cluster if it is stopped. Idempotent; safe to run before
+# every test run.
 set -euo pipefail
 
 DSN="${BULWARK_TEST_POSTGRES:-postgres://postgres@127.0.0.1:5432/test?sslmode=disable}"
@@ -12,6 +13,15 @@ log() { printf 'test-deps: %s\n' "$*" >&2; }
 pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
 can_query() { psql "$DSN" -XqAtc 'SELECT 1' >/dev/null 2>&1; }
 
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+if [ ! -e /usr/lib/softhsm/libsofthsm2.so ]; then
+  log "SoftHSM2 is not installed; installing it from Debian's packages"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2 >/dev/null
+fi
+log "SoftHSM2 ready"
+
 if [ -n "${BULWARK_TEST_POSTGRES:-}" ]; then
   # An explicit server is the caller's; only check it.
   command -v psql >/dev/null || { log "psql not found; cannot check BULWARK_TEST_POSTGRES"; exit 0; }
@@ -19,7 +29,6 @@ if [ -n "${BULWARK_TEST_POSTGRES:-}" ]; then
   exit 0
 fi
 
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 if ! command -v pg_ctlcluster >/dev/null 2>&1; then
   log "PostgreSQL is not installed; installing it from Debian's packages"

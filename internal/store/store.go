@@ -58,13 +58,28 @@ func (db *DB) lockTx(ctx context.Context) (unlock func(), err error) {
 	if db.driver != SQLite {
 		return func() {}, nil
 	}
+	timer := time.NewTimer(busyTimeout)
+	defer timer.Stop()
 	select {
 	case db.txSem <- struct{}{}:
 		return func() { <-db.txSem }, nil
 	case <-ctx.Done():
 		return nil, fmt.Errorf("begin transaction: %w", ctx.Err())
+	case <-timer.C:
+		// As SQLite's own busy timeout would: a transaction that cannot
+		// start (another one holds the lock this long, or a caller
+		// begins a transaction inside its own) fails instead of hanging.
+		return nil, fmt.Errorf("begin transaction: %w", errBusy)
 	}
 }
+
+// busyTimeout is how long a transaction waits for SQLite's write lock; the
+// DSN gives SQLite's busy handler the same bound.
+const busyTimeout = 10 * time.Second
+
+// errBusy is a transaction that waited busyTimeout for the write lock. It is
+// transient: InTx retries it.
+var errBusy = errors.New("database is busy: waited for the write lock too long")
 
 // Open connects to the backend named by opts, checks the connection and
 // applies every pending migration.
@@ -136,8 +151,13 @@ func sqliteDSN(path string) string {
 	q.Add("_pragma", "busy_timeout(10000)")
 	q.Add("_pragma", "foreign_keys(1)")
 	q.Set("_txlock", "immediate")
-	return "file:" + path + "?" + q.Encode()
+	return "file:" + uriPathEscaper.Replace(path) + "?" + q.Encode()
 }
+
+// uriPathEscaper escapes the characters that end or escape the path of an
+// SQLite URI filename, so that a path holding '?', '#' or '%' names that
+// file and not another one.
+var uriPathEscaper = strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23")
 
 // Driver reports the backend in use.
 func (db *DB) Driver() Driver { return db.driver }
@@ -379,6 +399,9 @@ func (db *DB) runTx(stx *sql.Tx, fn func(tx *Tx) error) (err error) {
 // IsTransient reports whether err is a conflict that a retry of the whole
 // transaction can resolve.
 func IsTransient(err error) bool {
+	if errors.Is(err, errBusy) {
+		return true
+	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
 		return pgErr.Code == "40001" || pgErr.Code == "40P01"

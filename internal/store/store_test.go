@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -272,4 +274,27 @@ func TestAsyncCommit(t *testing.T) {
 			c.Close()
 		}
 	})
+}
+
+// TestSQLitePathWithURICharacters opens databases whose paths hold the
+// characters that SQLite URI filenames give a meaning to: each must be its
+// own file, at exactly that path.
+func TestSQLitePathWithURICharacters(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ctx := context.Background()
+	for _, name := range []string{"a#1.db", "a#2.db", "b?x=1.db", "c%41.db"} {
+		path := filepath.Join(dir, name)
+		db, err := store.Open(ctx, store.Options{Driver: store.SQLite, Path: path})
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if _, err := db.ExecContext(ctx, "CREATE TABLE marker (name TEXT)"); err != nil {
+			t.Fatalf("%s: %v (another file was opened)", name, err)
+		}
+		db.Close()
+		if _, err := os.Stat(path); err != nil {
+			t.Errorf("%s: database not at its path: %v", name, err)
+		}
+	}
 }
