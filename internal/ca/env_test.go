@@ -1,0 +1,178 @@
+package ca
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/json"
+	"net/url"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/bulwarksec/bulwark/internal/audit"
+	"github.com/bulwarksec/bulwark/internal/keys"
+	"github.com/bulwarksec/bulwark/internal/store"
+)
+
+// caEnv is an Authority on a real store with a real audit log, a real
+// sealed keystore and a settable clock.
+type caEnv struct {
+	t      testing.TB
+	a      *Authority
+	db     *store.DB
+	audit  *audit.Log
+	sealer *keys.Sealed
+	clock  *fakeClock
+	td     spiffeid.TrustDomain
+	cfg    Config
+}
+
+// fakeClock is a settable clock; the zero offset is real time.
+type fakeClock struct {
+	mu     sync.Mutex
+	offset time.Duration
+}
+
+func (c *fakeClock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return time.Now().Add(c.offset)
+}
+
+func (c *fakeClock) Advance(d time.Duration) {
+	c.mu.Lock()
+	c.offset += d
+	c.mu.Unlock()
+}
+
+func testConfig() Config {
+	return Config{
+		TrustDomain: spiffeid.RequireTrustDomainFromString("example.test"),
+		SVIDTTL:     time.Hour, JWTSVIDTTL: 5 * time.Minute, IntermediateTTL: 720 * time.Hour,
+		RotationOverlap: 2 * time.Hour, JoinTokenTTL: 10 * time.Minute,
+	}
+}
+
+// newCAEnv starts an Authority (with a dev root) on db.
+func newCAEnv(t testing.TB, db *store.DB, opts ...func(*Config)) *caEnv {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	env := &caEnv{t: t, db: db, clock: &fakeClock{}, cfg: testConfig()}
+	for _, o := range opts {
+		o(&env.cfg)
+	}
+	env.td = env.cfg.TrustDomain
+	skey, vkey, err := audit.GenerateSigningKey("test.bulwark.local/audit")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.audit, err = audit.New(audit.Config{Origin: "test.bulwark.local/audit", CheckpointInterval: time.Hour, CommitBatch: 1024, MaxEventBytes: 1 << 20},
+		audit.Deps{DB: db, SignerKey: skey, VerifierKey: vkey})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { _ = env.audit.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	for deadline := time.Now().Add(10 * time.Second); !env.audit.Ready(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("audit log not ready")
+		}
+	}
+	if env.sealer, err = keys.OpenSealed(filepath.Join(t.TempDir(), "keys")); err != nil {
+		t.Fatal(err)
+	}
+	env.a, err = New(ctx, env.cfg, Deps{DB: db, Sealer: env.sealer, RootStore: env.sealer, Audit: env.audit, Now: env.clock.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return env
+}
+
+// events returns every audit event, decoded.
+func (env *caEnv) events() []audit.Event {
+	env.t.Helper()
+	ctx := context.Background()
+	size, err := env.audit.Size(ctx)
+	if err != nil {
+		env.t.Fatal(err)
+	}
+	var out []audit.Event
+	for start := int64(0); start < size; {
+		entries, err := env.audit.Entries(ctx, start, 1000)
+		if err != nil {
+			env.t.Fatal(err)
+		}
+		if len(entries) == 0 {
+			break
+		}
+		for _, e := range entries {
+			var ev audit.Event
+			if err := json.Unmarshal(e.Data, &ev); err != nil {
+				env.t.Fatal(err)
+			}
+			out = append(out, ev)
+		}
+		start = entries[len(entries)-1].Index + 1
+	}
+	return out
+}
+
+// countEvents counts audit events of class and activity with the status.
+func (env *caEnv) countEvents(class, activity, status int) int {
+	n := 0
+	for _, e := range env.events() {
+		if e.ClassUID == class && e.ActivityID == activity && e.StatusID == status {
+			n++
+		}
+	}
+	return n
+}
+
+func (env *caEnv) id(path string) spiffeid.ID {
+	env.t.Helper()
+	id, err := spiffeid.FromPath(env.td, path)
+	if err != nil {
+		env.t.Fatal(err)
+	}
+	return id
+}
+
+func newP256(t testing.TB) crypto.Signer {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// csrFor makes a CSR from tmpl (nil: empty) signed by key.
+func csrFor(t testing.TB, key crypto.Signer, tmpl *x509.CertificateRequest) []byte {
+	t.Helper()
+	if tmpl == nil {
+		tmpl = &x509.CertificateRequest{}
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
+}
+
+// csrWithURI is a CSR of key naming uri.
+func csrWithURI(t testing.TB, key crypto.Signer, uri string) []byte {
+	t.Helper()
+	u, err := url.Parse(uri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return csrFor(t, key, &x509.CertificateRequest{URIs: []*url.URL{u}})
+}
