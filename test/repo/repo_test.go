@@ -62,12 +62,15 @@ func TestEveryPackageHasADocComment(t *testing.T) {
 }
 
 // The SDK keeps its dependencies small: the standard library, plus
-// go-jose for JOSE, and gRPC (with what gRPC itself needs) only in the
-// gRPC interceptors.
+// go-jose for JOSE, gRPC (with what gRPC itself needs) only in the gRPC
+// interceptors, and go-spiffe (with what it needs: the Workload API client
+// brings gRPC and protobuf) only in the mutual-TLS package.
 const (
 	joseModule     = "github.com/go-jose/go-jose/v4"
 	grpcModule     = "google.golang.org/grpc"
 	grpcSDKPackage = module + "/sdk/authn/authngrpc"
+	spiffeModule   = "github.com/spiffe/go-spiffe/v2"
+	mtlsSDKPackage = module + "/sdk/mtls"
 )
 
 // inModule reports whether package path belongs to module mod.
@@ -106,23 +109,24 @@ func TestSDKDoesNotImportInternals(t *testing.T) {
 			continue
 		}
 		grpcOK := p.ImportPath == grpcSDKPackage
-		var grpcImports []string
+		spiffeOK := p.ImportPath == mtlsSDKPackage
+		var allowedImports []string // third-party imports whose own dependencies are allowed
 		for _, imp := range p.Imports {
 			switch {
 			case !thirdParty(imp), inModule(imp, joseModule):
-			case grpcOK && inModule(imp, grpcModule):
-				grpcImports = append(grpcImports, imp)
+			case grpcOK && inModule(imp, grpcModule), spiffeOK && inModule(imp, spiffeModule):
+				allowedImports = append(allowedImports, imp)
 			default:
-				t.Errorf("SDK package %s imports third-party %s: keep the SDK's dependencies small (standard library, go-jose; gRPC only in authngrpc)", p.ImportPath, imp)
+				t.Errorf("SDK package %s imports third-party %s: keep the SDK's dependencies small (standard library, go-jose; gRPC only in authngrpc; go-spiffe only in mtls)", p.ImportPath, imp)
 			}
 		}
-		grpcDeps := depsOf(t, grpcImports)
+		allowedDeps := depsOf(t, allowedImports)
 		for _, d := range p.Deps {
 			if strings.HasPrefix(d, module+"/internal/") {
 				t.Errorf("SDK package %s depends on %s: the SDK must not import server internals", p.ImportPath, d)
 			}
-			if thirdParty(d) && !inModule(d, joseModule) && !grpcDeps[d] {
-				t.Errorf("SDK package %s depends on third-party %s: keep the SDK's dependencies small (standard library, go-jose; gRPC only in authngrpc)", p.ImportPath, d)
+			if thirdParty(d) && !inModule(d, joseModule) && !allowedDeps[d] {
+				t.Errorf("SDK package %s depends on third-party %s: keep the SDK's dependencies small (standard library, go-jose; gRPC only in authngrpc; go-spiffe only in mtls)", p.ImportPath, d)
 			}
 		}
 	}
