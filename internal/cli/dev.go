@@ -12,19 +12,24 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/spf13/cobra"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/bulwarksec/bulwark/internal/ca"
 	"github.com/bulwarksec/bulwark/internal/config"
 	"github.com/bulwarksec/bulwark/internal/controlplane"
 	"github.com/bulwarksec/bulwark/internal/devinfo"
 	"github.com/bulwarksec/bulwark/internal/identity"
+	"github.com/bulwarksec/bulwark/internal/workload"
 )
 
 func newDevCommand() *cobra.Command {
@@ -40,7 +45,10 @@ func newDevCommand() *cobra.Command {
 store in the data directory. Keys are generated on first start and sealed on
 disk; the admin credential and the demo user's password are printed once. A
 demo user ("demo") and a demo confidential client ("demo-client", mTLS with a
-self-signed certificate) are created for trying the authorization server.
+self-signed certificate) are created for trying the authorization server. A
+workload agent runs in-process and serves the SPIFFE Workload API on
+<data-dir>/agent/workload.sock; the demo services (accounts, payments, ledger,
+notifications, gateway) are registered for every process of the current user.
 <data-dir>/dev.json tells scripts and tests where everything is.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -89,6 +97,20 @@ self-signed certificate) are created for trying the authorization server.
 			if err != nil {
 				return stop(err)
 			}
+			// The in-process agent serves the demo services' SVIDs.
+			wl, err := startDevWorkload(ctx, srv, &cfg, logger)
+			if err != nil {
+				return stop(err)
+			}
+			stop = func(err error) error {
+				agentErr := wl.stop()
+				cancel()
+				runErr := <-runDone
+				if cmd.Context().Err() != nil {
+					return errors.Join(agentErr, runErr) // interrupted while starting
+				}
+				return errors.Join(err, agentErr, runErr)
+			}
 			info := devinfo.Info{
 				ControlPlaneURL:     srv.URL(),
 				AdminCredentialFile: srv.AdminCredentialPath(),
@@ -100,12 +122,25 @@ self-signed certificate) are created for trying the authorization server.
 				Issuer:              srv.Issuer(),
 				DemoUser:            &demo.user,
 				DemoClient:          &demo.client,
+				TrustDomain:         wl.trustDomain,
+				WorkloadAPISocket:   wl.socket,
 			}
 			if err := devinfo.Write(cfg.DataDir, info); err != nil {
 				return stop(err)
 			}
 			printDevBanner(cmd.OutOrStdout(), info, srv.NewAdminCredential, demo.newPassword)
-			return <-runDone
+			printWorkloadBanner(cmd.OutOrStdout(), info, wl)
+			select {
+			case err := <-runDone:
+				return errors.Join(err, wl.stop())
+			case err := <-wl.done:
+				// The platform without its agent is not what dev promises.
+				if err == nil && cmd.Context().Err() == nil {
+					err = errors.New("workload agent stopped")
+				}
+				cancel()
+				return errors.Join(err, <-runDone)
+			}
 		},
 	}
 	cmd.Flags().StringVar(&dataDir, "data-dir", ".bulwark", "directory for the database, sealed keys and dev.json")
@@ -339,7 +374,6 @@ Try it:
 Get an access token for the demo client (client credentials over mTLS):
   %s
 
-Press Ctrl-C to stop.
 `, shellQuote(info.CACertFile), shellQuote(info.AdminCredentialFile), info.ControlPlaneURL,
 		shellQuote(info.CACertFile), info.ControlPlaneURL, tokenCurl(info))
 }
@@ -366,4 +400,162 @@ func shellQuote(s string) string {
 		return s
 	}
 	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// Names of the dev agent and the demo services it serves.
+const (
+	devAgentName         = "dev"
+	devAgentReadyTimeout = 10 * time.Second
+)
+
+// demoServices are the demo bank's services, registered in dev as
+// spiffe://<trust domain>/ns/bank/sa/<service>.
+var demoServices = []string{"accounts", "payments", "ledger", "notifications", "gateway"}
+
+// devWorkload is the agent `bulwark dev` runs in-process.
+type devWorkload struct {
+	trustDomain string
+	socket      string
+	selector    string        // the demo entries' selector, e.g. "unix:uid:1000"
+	services    []spiffeid.ID // the demo services' SPIFFE IDs
+	done        <-chan error  // the agent's Run result
+	cancel      context.CancelFunc
+}
+
+// stop stops the agent and returns its Run result.
+func (wl *devWorkload) stop() error {
+	wl.cancel()
+	return <-wl.done
+}
+
+// startDevWorkload registers the demo services and runs the workload agent
+// until ctx ends, joining with a new join token when it has not joined yet
+// (or its saved state no longer lets it start). It returns once the agent
+// serves the Workload API.
+func startDevWorkload(ctx context.Context, srv *controlplane.Server, cfg *config.Config, logger *slog.Logger) (*devWorkload, error) {
+	authority := srv.CA()
+	td := authority.TrustDomain()
+	agentID, err := spiffeid.FromSegments(td, "agent", devAgentName)
+	if err != nil {
+		return nil, fmt.Errorf("dev agent ID: %w", err)
+	}
+	wl := &devWorkload{trustDomain: td.Name(), selector: fmt.Sprintf("unix:uid:%d", os.Getuid())}
+	if wl.services, err = ensureDemoEntries(ctx, authority, agentID, wl.selector); err != nil {
+		return nil, err
+	}
+	var pool *x509.CertPool
+	if f := srv.CAFile(); f != "" {
+		b, err := readBounded(f, 1<<20)
+		if err != nil {
+			return nil, fmt.Errorf("dev agent: %w", err)
+		}
+		pool = x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(b) {
+			return nil, fmt.Errorf("dev agent: no certificate in %s", f)
+		}
+	}
+	wcfg := workload.Config{ServerURL: srv.URL(), ServerCAs: pool, DataDir: cfg.DataDir, SocketPath: cfg.Agent.SocketPath}
+	deps := workload.Deps{Logger: logger}
+	err = wl.run(ctx, wcfg, deps)
+	if err == nil {
+		return wl, nil
+	}
+	// First start, or the saved identity is unusable: join again. The
+	// token is handed over in memory and never logged or shown.
+	token, _, _, terr := authority.CreateJoinToken(ctx, devAgentName, 0)
+	if terr != nil {
+		return nil, fmt.Errorf("dev agent join token: %w", errors.Join(terr, err))
+	}
+	wcfg.JoinToken = token
+	if err := wl.run(ctx, wcfg, deps); err != nil {
+		return nil, err
+	}
+	return wl, nil
+}
+
+// run starts an agent and waits until it serves the Workload API; on an
+// error the agent is stopped.
+func (wl *devWorkload) run(ctx context.Context, cfg workload.Config, deps workload.Deps) error {
+	agent, err := workload.New(cfg, deps)
+	if err != nil {
+		return fmt.Errorf("dev agent: %w", err)
+	}
+	agentCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- agent.Run(agentCtx) }()
+	fail := func(err error) error {
+		cancel()
+		return errors.Join(err, <-done)
+	}
+	timeout := time.NewTimer(devAgentReadyTimeout)
+	defer timeout.Stop()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for !agent.Ready() {
+		select {
+		case err := <-done:
+			cancel()
+			if err == nil {
+				err = errors.New("stopped before serving")
+			}
+			return fmt.Errorf("dev agent: %w", err)
+		case <-timeout.C:
+			return fail(fmt.Errorf("dev agent: not serving within %s", devAgentReadyTimeout))
+		case <-tick.C:
+		}
+	}
+	wl.socket, wl.done, wl.cancel = agent.SocketPath(), done, cancel
+	return nil
+}
+
+// ensureDemoEntries registers each demo service for the dev agent with
+// selector (unix:uid of the current user), unless that entry exists: a
+// restart creates nothing.
+func ensureDemoEntries(ctx context.Context, authority *ca.Authority, agentID spiffeid.ID, selector string) ([]spiffeid.ID, error) {
+	sel, err := ca.ParseSelector(selector)
+	if err != nil {
+		return nil, fmt.Errorf("demo entries: %w", err)
+	}
+	existing, err := authority.ListEntries(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("demo entries: %w", err)
+	}
+	ids := make([]spiffeid.ID, 0, len(demoServices))
+	for _, name := range demoServices {
+		id, err := spiffeid.FromSegments(authority.TrustDomain(), "ns", "bank", "sa", name)
+		if err != nil {
+			return nil, fmt.Errorf("demo entry %s: %w", name, err)
+		}
+		ids = append(ids, id)
+		if slices.ContainsFunc(existing, func(e ca.Entry) bool {
+			return e.SPIFFEID == id && e.ParentID == agentID && len(e.Selectors) == 1 && e.Selectors[0] == sel
+		}) {
+			continue
+		}
+		if err := authority.CreateEntry(ctx, &ca.Entry{SPIFFEID: id, ParentID: agentID, Selectors: []ca.Selector{sel}}); err != nil {
+			return nil, fmt.Errorf("demo entry %s: %w", id, err)
+		}
+	}
+	return ids, nil
+}
+
+// printWorkloadBanner tells where the Workload API is, what it serves and
+// to whom, and ends the banner.
+func printWorkloadBanner(w io.Writer, info devinfo.Info, wl *devWorkload) {
+	names := make([]string, len(wl.services))
+	for i, id := range wl.services {
+		names[i] = id.String()
+	}
+	fmt.Fprintf(w, `Workload identity (SPIFFE, trust domain %s):
+  Workload API    unix://%s  (served by the in-process agent)
+  demo services   %s
+  selector        %s: in dev EVERY process of this user gets all of these
+                  identities; register real services with their binary path or
+                  SHA-256 (bulwark ca entry create --selector unix:path:...)
+  go-spiffe       export SPIFFE_ENDPOINT_SOCKET=unix://%s
+                  then workloadapi.NewX509Source(ctx) finds the agent
+
+Press Ctrl-C to stop.
+`, info.TrustDomain, info.WorkloadAPISocket, strings.Join(names, "\n                  "), wl.selector,
+		shellQuote(info.WorkloadAPISocket))
 }

@@ -58,6 +58,8 @@ func NewRootCommand() *cobra.Command {
 		newDevCommand(),
 		newAuditCommand(),
 		newClientsCommand(),
+		newCACommand(),
+		newAgentCommand(),
 	)
 	return root
 }

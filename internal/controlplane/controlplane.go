@@ -1,8 +1,8 @@
 // Package controlplane assembles the Bulwark control plane from its
 // components — store, keys, TLS, admin authentication, the audit log and
-// its API, the OAuth 2.0 / OpenID Connect authorization server, health and
-// metrics — and serves it over HTTPS until its context ends. `bulwark
-// server` and `bulwark dev` both run it.
+// its API, the OAuth 2.0 / OpenID Connect authorization server, the SPIFFE
+// workload CA and its API, health and metrics — and serves it over HTTPS
+// until its context ends. `bulwark server` and `bulwark dev` both run it.
 package controlplane
 
 import (
@@ -50,14 +50,22 @@ type Server struct {
 	db       *store.DB
 	audit    *audit.Log
 	identity *identity.Server
+	ca       *ca.Authority
 	http     *http.Server
 	// longPolls is canceled when shutdown begins, ending the long polls
-	// of the revocation feed, which would otherwise hold Shutdown for up
-	// to their wait time.
+	// of the revocation feed and the CA's deny list, which would
+	// otherwise hold Shutdown for up to their wait time.
 	longPolls    context.Context
 	endLongPolls context.CancelFunc
 	listener     net.Listener
 	caFile       string
+
+	// The audit log runs from New on, because building the CA may audit
+	// (its first intermediate); logDone is closed when its Run returns,
+	// with logErr.
+	stopLogRun context.CancelFunc
+	logDone    chan struct{}
+	logErr     error
 
 	// NewAdminCredential is the admin credential created at this start, or
 	// "" if one existed already. It is shown once and never again.
@@ -67,7 +75,9 @@ type Server struct {
 }
 
 // New builds the control plane from cfg and binds its listener, but serves
-// nothing until Run.
+// nothing until Run. The audit log starts here already (building the CA
+// records its first intermediate); Run stops it, so a Server from New must
+// be Run.
 func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *Server, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -125,6 +135,10 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *Serve
 	if err != nil {
 		return nil, err
 	}
+	logCtx, stopLog := context.WithCancel(context.Background())
+	s.stopLogRun, s.logDone = stopLog, make(chan struct{})
+	go func() { s.logErr = s.audit.Run(logCtx); close(s.logDone) }()
+
 	api, err := audit.NewAPI(s.audit, audit.APIConfig{
 		MaxBatchEvents: cfg.Audit.MaxBatchEvents, MaxRequestBytes: int64(cfg.Audit.MaxRequestBytes),
 	}, logger)
@@ -164,6 +178,27 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *Serve
 		return nil, err
 	}
 	s.identity.Register(mux, auth.Require)
+
+	caCfg, err := ca.ConfigFrom(cfg.CA)
+	if err != nil {
+		return nil, err
+	}
+	// Building the CA appends to the audit log: should the log stop, it
+	// must not wait for it forever.
+	caCtx, cancelCA := context.WithCancel(ctx)
+	defer cancelCA()
+	go func() {
+		select {
+		case <-s.logDone:
+			cancelCA()
+		case <-caCtx.Done():
+		}
+	}()
+	s.ca, err = ca.New(caCtx, caCfg, ca.Deps{DB: db, Sealer: ks, RootStore: ks, Audit: s.audit, Logger: logger, Metrics: reg})
+	if err != nil {
+		return nil, fmt.Errorf("workload CA: %w", err)
+	}
+	ca.NewAPI(s.ca, logger).Register(mux, auth.Require)
 	s.http = &http.Server{
 		Handler:           httpapi.WithRequestID(securityHeaders(s.cancelLongPolls(mux))),
 		TLSConfig:         tlsCfg,
@@ -249,7 +284,7 @@ func securityHeaders(next http.Handler) http.Handler {
 // shutdown begins. Other requests keep theirs: in-flight work finishes.
 func (s *Server) cancelLongPolls(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == identity.PathRevocations {
+		if r.URL.Path == identity.PathRevocations || r.URL.Path == ca.PathDenyList {
 			ctx, cancel := context.WithCancel(r.Context())
 			defer cancel()
 			stop := context.AfterFunc(s.longPolls, cancel)
@@ -298,23 +333,27 @@ func (s *Server) AuditLog() *audit.Log { return s.audit }
 // Identity returns the authorization server.
 func (s *Server) Identity() *identity.Server { return s.identity }
 
+// CA returns the workload certificate authority.
+func (s *Server) CA() *ca.Authority { return s.ca }
+
 // Issuer returns the authorization server's issuer identifier: identity.issuer,
 // or the control plane's URL when that is empty.
 func (s *Server) Issuer() string { return s.identity.Issuer() }
 
 // Run serves until ctx ends, then shuts down in order: stop accepting,
 // finish in-flight requests (whose appends the log still commits), stop
-// the authorization server's key rotation and pruning, then stop the log
-// and close the store.
+// the authorization server's key rotation and pruning and the CA's
+// maintenance, then stop the log and close the store.
 func (s *Server) Run(ctx context.Context) error {
 	defer s.close()
-	logCtx, stopLog := context.WithCancel(context.Background())
-	logDone := make(chan error, 1)
-	go func() { logDone <- s.audit.Run(logCtx) }()
-
+	logStopped := false
 	idCtx, stopIdentity := context.WithCancel(context.Background())
 	idDone := make(chan error, 1)
 	go func() { idDone <- s.identity.Run(idCtx) }()
+
+	caCtx, stopCA := context.WithCancel(context.Background())
+	caDone := make(chan error, 1)
+	go func() { caDone <- s.ca.Run(caCtx) }()
 
 	httpDone := make(chan error, 1)
 	go func() { httpDone <- s.http.Serve(s.listener) }()
@@ -322,15 +361,25 @@ func (s *Server) Run(ctx context.Context) error {
 	var runErr error
 	select {
 	case <-ctx.Done():
-	case err := <-logDone:
-		runErr = fmt.Errorf("audit log stopped: %w", err)
-		logDone <- nil
+	case <-s.logDone:
+		err := s.logErr
+		if err == nil {
+			err = errors.New("stopped before the control plane")
+		}
+		runErr = fmt.Errorf("audit log: %w", err)
+		logStopped = true
 	case err := <-idDone:
 		if err == nil {
 			err = errors.New("stopped before the control plane")
 		}
 		runErr = fmt.Errorf("authorization server: %w", err)
 		idDone <- nil
+	case err := <-caDone:
+		if err == nil {
+			err = errors.New("stopped before the control plane")
+		}
+		runErr = fmt.Errorf("workload CA: %w", err)
+		caDone <- nil
 	case err := <-httpDone:
 		if !errors.Is(err, http.ErrServerClosed) {
 			runErr = fmt.Errorf("serve: %w", err)
@@ -347,12 +396,25 @@ func (s *Server) Run(ctx context.Context) error {
 	if err := <-idDone; err != nil {
 		runErr = errors.Join(runErr, fmt.Errorf("authorization server: %w", err))
 	}
-	stopLog()
-	if err := <-logDone; err != nil {
+	stopCA()
+	if err := <-caDone; err != nil {
+		runErr = errors.Join(runErr, fmt.Errorf("workload CA: %w", err))
+	}
+	if err := s.stopLog(); err != nil && !logStopped {
 		runErr = errors.Join(runErr, fmt.Errorf("audit log: %w", err))
 	}
 	s.log.Info("control plane stopped")
 	return runErr
+}
+
+// stopLog stops the audit log and returns the error its Run returned.
+func (s *Server) stopLog() error {
+	if s.logDone == nil {
+		return nil
+	}
+	s.stopLogRun()
+	<-s.logDone
+	return s.logErr
 }
 
 func (s *Server) close() {
@@ -361,6 +423,7 @@ func (s *Server) close() {
 		if s.listener != nil {
 			s.listener.Close()
 		}
+		_ = s.stopLog()
 		if s.db != nil {
 			s.db.Close()
 		}

@@ -3,6 +3,9 @@ package controlplane_test
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -15,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/bulwarksec/bulwark/internal/ca"
+	"github.com/bulwarksec/bulwark/internal/ca/caclient"
 	"github.com/bulwarksec/bulwark/internal/config"
 	"github.com/bulwarksec/bulwark/internal/controlplane"
 	"github.com/bulwarksec/bulwark/internal/store"
@@ -300,55 +305,64 @@ func TestControlPlaneConfiguredIssuer(t *testing.T) {
 // not hold the shutdown for its whole wait.
 func TestShutdownEndsLongPolls(t *testing.T) {
 	t.Parallel()
-	cfg := config.Default()
-	cfg.DataDir = t.TempDir()
-	cfg.Listen = "127.0.0.1:0"
-	cfg.ResolvePaths()
-	srv, err := controlplane.New(context.Background(), &cfg, nil)
-	if err != nil {
-		t.Fatal(err)
+	tests := []struct{ name, feed string }{
+		{"token revocations", "/oauth2/revocations"},
+		{"CA deny list", ca.PathDenyList},
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	pem, err := os.ReadFile(srv.CAFile())
-	if err != nil {
-		t.Fatal(err)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			cfg := config.Default()
+			cfg.DataDir = t.TempDir()
+			cfg.Listen = "127.0.0.1:0"
+			cfg.ResolvePaths()
+			srv, err := controlplane.New(context.Background(), &cfg, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- srv.Run(ctx) }()
+			pem, err := os.ReadFile(srv.CAFile())
+			if err != nil {
+				t.Fatal(err)
+			}
+			pool := x509.NewCertPool()
+			pool.AppendCertsFromPEM(pem)
+			client := &http.Client{Timeout: 40 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+			var after int64
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+				var feed struct {
+					Next int64 `json:"next"`
+				}
+				if getJSONErr(client, srv.URL()+tt.feed+"?after=0", &feed) == nil {
+					after = feed.Next
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("%s not served", tt.feed)
+				}
+			}
+			polled := make(chan struct{})
+			go func() {
+				defer close(polled)
+				resp, err := client.Get(fmt.Sprintf("%s%s?after=%d&wait=30", srv.URL(), tt.feed, after))
+				if err == nil {
+					resp.Body.Close()
+				}
+			}()
+			time.Sleep(300 * time.Millisecond) // the poll is waiting
+			start := time.Now()
+			cancel()
+			if err := <-done; err != nil {
+				t.Fatalf("run: %v", err)
+			}
+			if d := time.Since(start); d > 10*time.Second {
+				t.Fatalf("shutdown took %s with a long poll open", d)
+			}
+			<-polled
+		})
 	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pem)
-	client := &http.Client{Timeout: 40 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
-	var after int64
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		var feed struct {
-			Next int64 `json:"next"`
-		}
-		if getJSONErr(client, srv.URL()+"/oauth2/revocations?after=0", &feed) == nil {
-			after = feed.Next
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("revocation feed not served")
-		}
-	}
-	polled := make(chan struct{})
-	go func() {
-		defer close(polled)
-		resp, err := client.Get(fmt.Sprintf("%s/oauth2/revocations?after=%d&wait=30", srv.URL(), after))
-		if err == nil {
-			resp.Body.Close()
-		}
-	}()
-	time.Sleep(300 * time.Millisecond) // the poll is waiting
-	start := time.Now()
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatalf("run: %v", err)
-	}
-	if d := time.Since(start); d > 10*time.Second {
-		t.Fatalf("shutdown took %s with a long poll open", d)
-	}
-	<-polled
 }
 
 func getJSON(t *testing.T, client *http.Client, url string, v any) {
@@ -369,4 +383,103 @@ func getJSONErr(client *http.Client, url string, v any) error {
 		return fmt.Errorf("GET %s: %d %s", url, resp.StatusCode, body)
 	}
 	return json.NewDecoder(resp.Body).Decode(v)
+}
+
+// TestControlPlaneServesCA: the workload CA is wired: its admin API needs
+// the admin credential, an agent joins with a token through the real
+// client and then authenticates with its SVID, and the gauges are served.
+func TestControlPlaneServesCA(t *testing.T) {
+	t.Parallel()
+	for _, d := range storetest.Backends {
+		t.Run(string(d), func(t *testing.T) {
+			t.Parallel()
+			cfg := config.Default()
+			cfg.DataDir = t.TempDir()
+			if d == store.Postgres {
+				cfg.Store.Driver = config.DriverPostgres
+				cfg.Store.DSN = storetest.NewPostgresSchema(t)
+			}
+			srv, client := start(t, cfg)
+			if srv.CA() == nil || srv.CA().TrustDomain().Name() != cfg.CA.TrustDomain {
+				t.Fatal("no CA, or the wrong trust domain")
+			}
+			admin := func(cred, method, path, body string) (int, []byte) {
+				req, _ := http.NewRequest(method, srv.URL()+path, strings.NewReader(body))
+				req.Header.Set("Content-Type", "application/json")
+				if cred != "" {
+					req.Header.Set("Authorization", "Bearer "+cred)
+				}
+				resp, err := client.Do(req)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer resp.Body.Close()
+				b, _ := io.ReadAll(resp.Body)
+				return resp.StatusCode, b
+			}
+			if st, _ := admin("", http.MethodPost, ca.PathJoinTokens, `{"agent":"node-1"}`); st != http.StatusUnauthorized {
+				t.Fatalf("join token without the admin credential: %d", st)
+			}
+			if st, _ := admin("bwk_not-the-credential", http.MethodGet, ca.PathEntries, ""); st != http.StatusUnauthorized {
+				t.Fatalf("entries with a wrong credential: %d", st)
+			}
+			st, body := admin(srv.NewAdminCredential, http.MethodPost, ca.PathJoinTokens, `{"agent":"node-1"}`)
+			var tok ca.JoinTokenAnswer
+			if st != http.StatusCreated || json.Unmarshal(body, &tok) != nil || tok.Token == "" {
+				t.Fatalf("join token: %d %s", st, body)
+			}
+
+			pemBytes, err := os.ReadFile(srv.CAFile())
+			if err != nil {
+				t.Fatal(err)
+			}
+			pool := x509.NewCertPool()
+			pool.AppendCertsFromPEM(pemBytes)
+			key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			if err != nil {
+				t.Fatal(err)
+			}
+			csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			res, err := caclient.New(srv.URL(), pool).Join(ctx, tok.Token, csr)
+			if err != nil {
+				t.Fatalf("join: %v", err)
+			}
+			if res.ID.String() != "spiffe://"+cfg.CA.TrustDomain+"/agent/node-1" {
+				t.Fatalf("agent ID %s", res.ID)
+			}
+			cert := tls.Certificate{PrivateKey: key, Leaf: res.SVID[0]}
+			for _, c := range res.SVID {
+				cert.Certificate = append(cert.Certificate, c.Raw)
+			}
+			agent := caclient.New(srv.URL(), pool).WithCertificate(cert)
+			if st, body := admin(srv.NewAdminCredential, http.MethodPost, ca.PathEntries,
+				`{"spiffe_id":"spiffe://`+cfg.CA.TrustDomain+`/ns/bank/sa/payments","selectors":["unix:uid:1001"]}`); st != http.StatusCreated {
+				t.Fatalf("create entry: %d %s", st, body)
+			}
+			entries, err := agent.Entries(ctx)
+			if err != nil || len(entries) != 1 {
+				t.Fatalf("agent entries: %v %v", entries, err)
+			}
+			if _, err := caclient.New(srv.URL(), pool).Entries(ctx); !caclient.IsCode(err, "unauthenticated") {
+				t.Fatalf("entries without an agent SVID: %v", err)
+			}
+			b, err := caclient.New(srv.URL(), pool).Bundle(ctx)
+			if err != nil || len(b.X509Authorities()) == 0 {
+				t.Fatalf("bundle: %v", err)
+			}
+			resp, err := client.Get(srv.URL() + "/metrics")
+			if err != nil {
+				t.Fatal(err)
+			}
+			metrics, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if !bytes.Contains(metrics, []byte("bulwark_ca_intermediate_expiry_seconds")) {
+				t.Fatal("metrics lack the CA gauges")
+			}
+		})
+	}
 }

@@ -40,6 +40,12 @@ type Info struct {
 	DemoUser *DemoUser `json:"demo_user,omitempty"`
 	// DemoClient is the confidential client `bulwark dev` registers.
 	DemoClient *DemoClient `json:"demo_client,omitempty"`
+	// TrustDomain is the SPIFFE trust domain of workload identities.
+	TrustDomain string `json:"trust_domain,omitempty"`
+	// WorkloadAPISocket is the unix socket path of the SPIFFE Workload API
+	// served by the in-process agent of `bulwark dev`; go-spiffe finds it
+	// as SPIFFE_ENDPOINT_SOCKET=unix://<path>.
+	WorkloadAPISocket string `json:"workload_api_socket,omitempty"`
 }
 
 // DemoUser is the demo user's name and the file holding its password.
