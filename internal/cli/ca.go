@@ -1,11 +1,16 @@
 package cli
 
 import (
+	"crypto"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -51,13 +56,18 @@ func newCACommand() *cobra.Command {
 }
 
 func newCAInitCommand() *cobra.Command {
-	var out, td string
-	var ttl time.Duration
+	var (
+		out, td string
+		ttl     time.Duration
+		hsm     pkcs11Flags
+	)
 	cmd := &cobra.Command{
 		Use:   "init",
 		Short: "Create an offline root CA: writes root.crt and root.key (0600) to --out",
 		Long: "Create a self-signed root certificate and key (ECDSA P-256) whose URI name constraint limits\n" +
-			"it to the trust domain. Keep root.key offline: the server holds only intermediates.",
+			"it to the trust domain. Keep root.key offline: the server holds only intermediates.\n" +
+			"With --pkcs11-*, the key is generated inside a PKCS#11 token and never leaves it; only root.crt\n" +
+			"is written.",
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if out == "" {
@@ -69,6 +79,23 @@ func newCAInitCommand() *cobra.Command {
 			}
 			if ttl <= 0 {
 				return &usageError{fmt.Errorf("--ttl %s: must be positive", ttl)}
+			}
+			if hsm.set() {
+				c, err := hsm.config()
+				if err != nil {
+					return err
+				}
+				cert, err := ca.InitPKCS11Root(trust, ttl, c)
+				if err != nil {
+					return fmt.Errorf("create root: %w", err)
+				}
+				certPath, err := writeRootCert(out, cert)
+				if err != nil {
+					return err
+				}
+				_, err = fmt.Fprintf(cmd.OutOrStdout(), "wrote %s; the root key %q stays in PKCS#11 token %q (root of %s, expires %s)\n",
+					certPath, c.KeyLabel, c.TokenLabel, trust.IDString(), cert.NotAfter.UTC().Format(time.RFC3339))
+				return err
 			}
 			cert, key, err := ca.InitRoot(trust, ttl)
 			if err != nil {
@@ -86,13 +113,63 @@ func newCAInitCommand() *cobra.Command {
 	cmd.Flags().StringVar(&out, "out", "", "directory to write root.crt and root.key to (existing files are never overwritten)")
 	cmd.Flags().StringVar(&td, "trust-domain", "bulwark.local", "SPIFFE trust domain of the root")
 	cmd.Flags().DurationVar(&ttl, "ttl", 87600*time.Hour, "lifetime of the root certificate")
+	hsm.register(cmd)
 	return cmd
+}
+
+// pkcs11Flags name a root key held in a PKCS#11 token. The PIN is read from
+// a file, never from a flag or the environment.
+type pkcs11Flags struct {
+	module, token, pinFile, keyLabel string
+}
+
+func (p *pkcs11Flags) register(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&p.module, "pkcs11-module", "", "PKCS#11 library holding the root key, e.g. /usr/lib/softhsm/libsofthsm2.so")
+	cmd.Flags().StringVar(&p.token, "pkcs11-token", "", "label of the PKCS#11 token")
+	cmd.Flags().StringVar(&p.pinFile, "pkcs11-pin-file", "", "file holding the token's user PIN")
+	cmd.Flags().StringVar(&p.keyLabel, "pkcs11-key-label", ca.DefaultPKCS11KeyLabel, "label of the root key in the token")
+}
+
+func (p *pkcs11Flags) set() bool { return p.module != "" || p.token != "" || p.pinFile != "" }
+
+// config checks the flags and reads the PIN.
+func (p *pkcs11Flags) config() (ca.PKCS11Config, error) {
+	if p.module == "" || p.token == "" || p.pinFile == "" {
+		return ca.PKCS11Config{}, &usageError{errors.New("--pkcs11-module, --pkcs11-token and --pkcs11-pin-file go together")}
+	}
+	pin, err := os.ReadFile(p.pinFile)
+	if err != nil {
+		return ca.PKCS11Config{}, fmt.Errorf("read --pkcs11-pin-file: %w", err)
+	}
+	return ca.PKCS11Config{Module: p.module, TokenLabel: p.token, PIN: strings.TrimSpace(string(pin)), KeyLabel: p.keyLabel}, nil
+}
+
+// writeRootCert writes the root certificate (public) as PEM to dir,
+// refusing to overwrite.
+func writeRootCert(dir string, cert *x509.Certificate) (string, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", fmt.Errorf("create %s: %w", dir, err)
+	}
+	path := filepath.Join(dir, ca.RootCertFileName)
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	if err != nil {
+		return "", fmt.Errorf("write root certificate: %w", err)
+	}
+	if err := pem.Encode(f, &pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}); err != nil {
+		f.Close()
+		return "", fmt.Errorf("write root certificate: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return "", fmt.Errorf("write root certificate: %w", err)
+	}
+	return path, nil
 }
 
 func newCARotateCommand(f *caFlags) *cobra.Command {
 	var (
 		rootCert, rootKey string
 		ttl               time.Duration
+		hsm               pkcs11Flags
 	)
 	cmd := &cobra.Command{
 		Use:   "rotate",
@@ -108,7 +185,10 @@ func newCARotateCommand(f *caFlags) *cobra.Command {
 			if err := f.checkOutput(); err != nil {
 				return err
 			}
-			if (rootCert == "") != (rootKey == "") {
+			switch {
+			case hsm.set() && (rootCert == "" || rootKey != ""):
+				return &usageError{errors.New("rotate: with --pkcs11-*, give --root-cert and not --root-key")}
+			case !hsm.set() && (rootCert == "") != (rootKey == ""):
 				return &usageError{errors.New("rotate: give both --root-cert and --root-key, or neither")}
 			}
 			conn, err := f.connect(cmd)
@@ -122,10 +202,11 @@ func newCARotateCommand(f *caFlags) *cobra.Command {
 					return err
 				}
 			} else {
-				cert, key, err := ca.LoadRoot(rootCert, rootKey)
+				cert, key, closeRoot, err := loadRootSigner(rootCert, rootKey, &hsm)
 				if err != nil {
 					return err
 				}
+				defer closeRoot()
 				var bundle ca.BundleAnswer
 				if err := conn.do(ctx, http.MethodGet, ca.PathBundle, nil, &bundle); err != nil {
 					return err
@@ -157,7 +238,38 @@ func newCARotateCommand(f *caFlags) *cobra.Command {
 	cmd.Flags().StringVar(&rootCert, "root-cert", "", "offline root certificate (PEM, from `bulwark ca init`)")
 	cmd.Flags().StringVar(&rootKey, "root-key", "", "offline root key (PEM, from `bulwark ca init`); it is used here and never sent")
 	cmd.Flags().DurationVar(&ttl, "ttl", 720*time.Hour, "lifetime of the new intermediate (with --root-cert/--root-key)")
+	hsm.register(cmd)
 	return cmd
+}
+
+// loadRootSigner returns the offline root: from PEM files, or its
+// certificate from a file and its key in a PKCS#11 token.
+func loadRootSigner(certFile, keyFile string, hsm *pkcs11Flags) (*x509.Certificate, crypto.Signer, func(), error) {
+	if !hsm.set() {
+		cert, key, err := ca.LoadRoot(certFile, keyFile)
+		return cert, key, func() {}, err
+	}
+	c, err := hsm.config()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	raw, err := os.ReadFile(certFile)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("read --root-cert: %w", err)
+	}
+	block, _ := pem.Decode(raw)
+	if block == nil || block.Type != "CERTIFICATE" {
+		return nil, nil, nil, fmt.Errorf("--root-cert %s: not a PEM certificate", certFile)
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("--root-cert %s: %w", certFile, err)
+	}
+	root, err := ca.OpenPKCS11Root(c, cert)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	return cert, root.Signer(), func() { _ = root.Close() }, nil
 }
 
 func newCAEntryCommand(f *caFlags) *cobra.Command {

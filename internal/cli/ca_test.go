@@ -8,8 +8,10 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -266,5 +268,85 @@ func TestCARotateWithOfflineRoot(t *testing.T) {
 	}
 	if len(res.SVID) != 2 || res.SVID[1].CheckSignatureFrom(root) != nil {
 		t.Fatal("the agent SVID's intermediate is not the offline root's")
+	}
+}
+
+// TestCAPKCS11Root creates the root key inside a SoftHSM2 token with
+// `ca init --pkcs11-*` and rotates the server to an intermediate signed by
+// it, the key never leaving the token. Not parallel: SOFTHSM2_CONF is
+// process-wide.
+func TestCAPKCS11Root(t *testing.T) {
+	const module = "/usr/lib/softhsm/libsofthsm2.so"
+	if _, err := os.Stat(module); err != nil {
+		t.Fatalf("SoftHSM2 is required (make test-deps installs it): %v", err)
+	}
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "softhsm2.conf")
+	if err := os.MkdirAll(filepath.Join(dir, "tokens"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(conf, []byte("directories.tokendir = "+filepath.Join(dir, "tokens")+"\nobjectstore.backend = file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("SOFTHSM2_CONF", conf)
+	if out, err := exec.Command("softhsm2-util", "--init-token", "--free", "--label", "bulwark-cli", "--pin", "4321", "--so-pin", "8765").CombinedOutput(); err != nil {
+		t.Fatalf("softhsm2-util: %v: %s", err, out)
+	}
+	pinFile := filepath.Join(dir, "pin")
+	if err := os.WriteFile(pinFile, []byte("4321\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rootDir := filepath.Join(dir, "root")
+	hsm := []string{"--pkcs11-module", module, "--pkcs11-token", "bulwark-cli", "--pkcs11-pin-file", pinFile}
+
+	var out, errOut bytes.Buffer
+	if code := runCACommand(append([]string{"init", "--out", rootDir}, hsm...), &out, &errOut); code != 0 {
+		t.Fatalf("init: exit %d: %s", code, errOut.String())
+	}
+	if _, err := os.Stat(filepath.Join(rootDir, ca.RootKeyFileName)); !os.IsNotExist(err) {
+		t.Fatalf("a root key file was written for a PKCS#11 root: %v", err)
+	}
+	rootCert := filepath.Join(rootDir, ca.RootCertFileName)
+	raw, err := os.ReadFile(rootCert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(raw)
+	root, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	refused := []struct {
+		name string
+		args []string
+		code int
+	}{
+		{"init again: the key exists", append([]string{"init", "--out", filepath.Join(dir, "again")}, hsm...), 1},
+		{"module without token", []string{"init", "--out", filepath.Join(dir, "x"), "--pkcs11-module", module}, 2},
+	}
+	for _, tt := range refused {
+		out.Reset()
+		errOut.Reset()
+		if code := runCACommand(tt.args, &out, &errOut); code != tt.code {
+			t.Fatalf("%s: exit %d, want %d: %s", tt.name, code, tt.code, errOut.String())
+		}
+	}
+
+	env := newCPEnv(t)
+	if code, o, e := env.runCA(t, append([]string{"rotate", "--root-cert", rootCert, "--root-key", "x.key"}, hsm...)...); code != 2 {
+		t.Fatalf("rotate with both a key file and a token: exit %d\n%s%s", code, o, e)
+	}
+	if code, o, e := env.runCA(t, append([]string{"rotate", "--root-cert", rootCert}, hsm...)...); code != 0 || !strings.Contains(o, "rotated: 2 intermediate") {
+		t.Fatalf("rotate with the PKCS#11 root: exit %d\n%s%s", code, o, e)
+	}
+	signed := 0
+	for _, c := range env.srv.CA().X509Authorities() {
+		if c.CheckSignatureFrom(root) == nil {
+			signed++
+		}
+	}
+	if signed != 1 {
+		t.Fatalf("%d trusted intermediates signed by the PKCS#11 root, want 1", signed)
 	}
 }
