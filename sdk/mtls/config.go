@@ -23,13 +23,14 @@ import (
 // The sources are read at every handshake, so a rotated SVID or bundle
 // takes effect on the next connection. A nil source or authorizer makes
 // every handshake fail; it never lets a peer in.
-func ServerConfig(svid x509svid.Source, bundles x509bundle.Source, authz Authorizer) *tls.Config {
+func ServerConfig(svid x509svid.Source, bundles x509bundle.Source, authz Authorizer, opts ...Option) *tls.Config {
 	check := newPeerCheck(bundles, authz)
 	cfg := tlsconfig.MTLSServerConfig(orNoSVID(svid), bundles, check.tlsconfig())
 	cfg.MinVersion = tls.VersionTLS12
 	cfg.SessionTicketsDisabled = false
 	check.hookSessionTickets(cfg)
 	cfg.VerifyConnection = check.verifyConnection
+	applyOptions(cfg, SideServer, opts)
 	return cfg
 }
 
@@ -43,12 +44,13 @@ func ServerConfig(svid x509svid.Source, bundles x509bundle.Source, authz Authori
 // The server is identified by its SPIFFE ID, not by its host name: authz
 // takes the place of host-name verification. A nil source or authorizer
 // makes every handshake fail; it never trusts a server.
-func ClientConfig(svid x509svid.Source, bundles x509bundle.Source, authz Authorizer) *tls.Config {
+func ClientConfig(svid x509svid.Source, bundles x509bundle.Source, authz Authorizer, opts ...Option) *tls.Config {
 	check := newPeerCheck(bundles, authz)
 	cfg := tlsconfig.MTLSClientConfig(orNoSVID(svid), bundles, check.tlsconfig())
 	cfg.MinVersion = tls.VersionTLS12
 	cfg.ClientSessionCache = tls.NewLRUClientSessionCache(0)
 	cfg.VerifyConnection = check.verifyConnection
+	applyOptions(cfg, SideClient, opts)
 	return cfg
 }
 
