@@ -531,6 +531,9 @@ func (c *Client) Tail(ctx context.Context, n int, follow bool, interval time.Dur
 		for {
 			page, err := c.Entries(ctx, next, maxEntriesPage)
 			if err != nil {
+				if follow && ctx.Err() != nil {
+					return nil // following ends when ctx does, even mid-request
+				}
 				return err
 			}
 			for _, e := range page.Entries {
