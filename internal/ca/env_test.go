@@ -7,7 +7,6 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"encoding/json"
 	"net/url"
 	"path/filepath"
 	"sync"
@@ -17,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/bulwarksec/bulwark/internal/audit"
+	"github.com/bulwarksec/bulwark/internal/audit/audittest"
 	"github.com/bulwarksec/bulwark/internal/keys"
 	"github.com/bulwarksec/bulwark/internal/store"
 )
@@ -69,23 +69,9 @@ func newCAEnv(t testing.TB, db *store.DB, opts ...func(*Config)) *caEnv {
 		o(&env.cfg)
 	}
 	env.td = env.cfg.TrustDomain
-	skey, vkey, err := audit.GenerateSigningKey("test.bulwark.local/audit")
-	if err != nil {
-		t.Fatal(err)
-	}
-	env.audit, err = audit.New(audit.Config{Origin: "test.bulwark.local/audit", CheckpointInterval: time.Hour, CommitBatch: 1024, MaxEventBytes: 1 << 20},
-		audit.Deps{DB: db, SignerKey: skey, VerifierKey: vkey})
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { _ = env.audit.Run(ctx); close(done) }()
-	t.Cleanup(func() { cancel(); <-done })
-	for deadline := time.Now().Add(10 * time.Second); !env.audit.Ready(); time.Sleep(5 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("audit log not ready")
-		}
-	}
+	env.audit = audittest.Start(t, db)
+	t.Cleanup(cancel) // before the log stops (cleanups run last-in first-out)
+	var err error
 	if env.sealer, err = keys.OpenSealed(filepath.Join(t.TempDir(), "keys")); err != nil {
 		t.Fatal(err)
 	}
@@ -99,30 +85,7 @@ func newCAEnv(t testing.TB, db *store.DB, opts ...func(*Config)) *caEnv {
 // events returns every audit event, decoded.
 func (env *caEnv) events() []audit.Event {
 	env.t.Helper()
-	ctx := context.Background()
-	size, err := env.audit.Size(ctx)
-	if err != nil {
-		env.t.Fatal(err)
-	}
-	var out []audit.Event
-	for start := int64(0); start < size; {
-		entries, err := env.audit.Entries(ctx, start, 1000)
-		if err != nil {
-			env.t.Fatal(err)
-		}
-		if len(entries) == 0 {
-			break
-		}
-		for _, e := range entries {
-			var ev audit.Event
-			if err := json.Unmarshal(e.Data, &ev); err != nil {
-				env.t.Fatal(err)
-			}
-			out = append(out, ev)
-		}
-		start = entries[len(entries)-1].Index + 1
-	}
-	return out
+	return audittest.Events(env.t, env.audit)
 }
 
 // countEvents counts audit events of class and activity with the status.
