@@ -60,6 +60,7 @@ func NewRootCommand() *cobra.Command {
 		newClientsCommand(),
 		newCACommand(),
 		newAgentCommand(),
+		newPolicyCommand(),
 	)
 	return root
 }
