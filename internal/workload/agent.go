@@ -181,6 +181,11 @@ func (a *Agent) Run(ctx context.Context) error {
 	err = g.Wait()
 	a.ready.Store(false)
 	_ = os.Remove(a.cfg.SocketPath)
+	// Leave no connection to the control plane behind: an idle HTTP/2
+	// connection would hold up the control plane's graceful shutdown.
+	a.mu.Lock()
+	a.resetClientLocked()
+	a.mu.Unlock()
 	if ctx.Err() != nil {
 		return nil
 	}

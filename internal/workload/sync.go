@@ -58,6 +58,10 @@ func (a *Agent) ensureJoined(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("join: control plane client: %w", err)
 	}
+	// The join client is used once: do not leave its connection open.
+	if c, ok := cp.(interface{ CloseIdleConnections() }); ok {
+		defer c.CloseIdleConnections()
+	}
 	res, err := cp.Join(ctx, a.cfg.JoinToken, csr)
 	if err != nil {
 		return fmt.Errorf("join the control plane: %w", err)
