@@ -293,9 +293,11 @@ func TestAPIDenyListLongPoll(t *testing.T) {
 		cctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 		defer cancel()
 		start := time.Now()
-		_, _, err = c.DenyList(cctx, a.next, 20*time.Second)
-		if err == nil || time.Since(start) > 5*time.Second {
-			t.Fatalf("canceled poll: %v after %s", err, time.Since(start))
+		entries, _, err := c.DenyList(cctx, a.next, 20*time.Second)
+		// The client sees its own cancellation, or, when the server's
+		// empty answer to the ended request wins the race, nothing new.
+		if (err == nil && len(entries) != 0) || time.Since(start) > 5*time.Second {
+			t.Fatalf("canceled poll: %v, %d entries after %s", err, len(entries), time.Since(start))
 		}
 	})
 }
