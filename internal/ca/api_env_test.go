@@ -10,12 +10,12 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"github.com/bulwarksec/bulwark/internal/clocktest"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -38,33 +38,15 @@ type apiEnv struct {
 	a     *ca.Authority
 	ts    *httptest.Server
 	audit *audit.Log
-	clock *testClock
+	clock *clocktest.Clock
 	td    spiffeid.TrustDomain
 	pool  *x509.CertPool
-}
-
-// testClock is a settable clock; the zero offset is real time.
-type testClock struct {
-	mu     sync.Mutex
-	offset time.Duration
-}
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return time.Now().Add(c.offset)
-}
-
-func (c *testClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.offset += d
-	c.mu.Unlock()
 }
 
 func newAPIEnv(t *testing.T, db *store.DB) *apiEnv {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	env := &apiEnv{t: t, clock: &testClock{}, td: spiffeid.RequireTrustDomainFromString("example.test")}
+	env := &apiEnv{t: t, clock: &clocktest.Clock{}, td: spiffeid.RequireTrustDomainFromString("example.test")}
 	env.audit = audittest.Start(t, db)
 	t.Cleanup(cancel) // before the log stops (cleanups run last-in first-out)
 	var err error

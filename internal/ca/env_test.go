@@ -7,9 +7,9 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"github.com/bulwarksec/bulwark/internal/clocktest"
 	"net/url"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -29,27 +29,9 @@ type caEnv struct {
 	db     *store.DB
 	audit  *audit.Log
 	sealer *keys.Sealed
-	clock  *fakeClock
+	clock  *clocktest.Clock
 	td     spiffeid.TrustDomain
 	cfg    Config
-}
-
-// fakeClock is a settable clock; the zero offset is real time.
-type fakeClock struct {
-	mu     sync.Mutex
-	offset time.Duration
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return time.Now().Add(c.offset)
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.offset += d
-	c.mu.Unlock()
 }
 
 func testConfig() Config {
@@ -64,7 +46,7 @@ func testConfig() Config {
 func newCAEnv(t testing.TB, db *store.DB, opts ...func(*Config)) *caEnv {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	env := &caEnv{t: t, db: db, clock: &fakeClock{}, cfg: testConfig()}
+	env := &caEnv{t: t, db: db, clock: &clocktest.Clock{}, cfg: testConfig()}
 	for _, o := range opts {
 		o(&env.cfg)
 	}

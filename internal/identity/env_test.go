@@ -3,12 +3,11 @@ package identity
 import (
 	"context"
 	"crypto/tls"
+	"github.com/bulwarksec/bulwark/internal/clocktest"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
-	"sync"
 	"testing"
-	"time"
 
 	"github.com/bulwarksec/bulwark/internal/audit"
 	"github.com/bulwarksec/bulwark/internal/audit/audittest"
@@ -28,26 +27,7 @@ type testEnv struct {
 	db     *store.DB
 	audit  *audit.Log
 	sealer *keys.Sealed
-	clock  *testClock
-}
-
-// testClock is a settable clock; the zero offset is real time.
-type testClock struct {
-	mu     sync.Mutex
-	offset time.Duration
-}
-
-func (c *testClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return time.Now().Add(c.offset)
-}
-
-// Advance moves the clock forward by d.
-func (c *testClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	c.offset += d
-	c.mu.Unlock()
+	clock  *clocktest.Clock
 }
 
 // newTestEnv starts an identity server on db. Options adjust the
@@ -55,7 +35,7 @@ func (c *testClock) Advance(d time.Duration) {
 func newTestEnv(t testing.TB, db *store.DB, opts ...func(*Config)) *testEnv {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	env := &testEnv{t: t, db: db, clock: &testClock{}}
+	env := &testEnv{t: t, db: db, clock: &clocktest.Clock{}}
 
 	env.audit = audittest.Start(t, db)
 	t.Cleanup(cancel) // before the log stops (cleanups run last-in first-out)
