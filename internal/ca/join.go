@@ -152,19 +152,36 @@ func (a *Authority) join(ctx context.Context, token string, csrDER []byte) (*Iss
 // X509Authorities), for an agent ID (spiffe://<td>/agent/<name>), whose
 // ID and serial are not denied. It returns the agent's ID.
 func (a *Authority) VerifyAgent(chain []*x509.Certificate) (spiffeid.ID, error) {
-	if len(chain) == 0 {
-		return spiffeid.ID{}, fmt.Errorf("verify agent: %w: no client certificate", ErrInvalid)
-	}
-	bundle := x509bundle.FromX509Authorities(a.cfg.TrustDomain, a.X509Authorities())
-	id, _, err := x509svid.Verify(chain, bundle, x509svid.WithTime(a.now()))
+	id, err := a.verifySVID("verify agent", chain)
 	if err != nil {
-		return spiffeid.ID{}, fmt.Errorf("verify agent: %w: %w", ErrInvalid, err)
+		return spiffeid.ID{}, err
 	}
 	if !isAgentID(id) {
 		return spiffeid.ID{}, fmt.Errorf("verify agent: %w: %s is not an agent", ErrInvalid, id)
 	}
+	return id, nil
+}
+
+// VerifyWorkload checks a TLS client certificate chain (leaf first): it
+// must be an unexpired X.509-SVID of this CA, verified against the current
+// X509Authorities, whose ID and serial are not denied. It returns the
+// workload's SPIFFE ID. Enforcement points authenticate to the policy
+// decision service and the bundle endpoint this way.
+func (a *Authority) VerifyWorkload(chain []*x509.Certificate) (spiffeid.ID, error) {
+	return a.verifySVID("verify workload", chain)
+}
+
+func (a *Authority) verifySVID(op string, chain []*x509.Certificate) (spiffeid.ID, error) {
+	if len(chain) == 0 {
+		return spiffeid.ID{}, fmt.Errorf("%s: %w: no client certificate", op, ErrInvalid)
+	}
+	bundle := x509bundle.FromX509Authorities(a.cfg.TrustDomain, a.X509Authorities())
+	id, _, err := x509svid.Verify(chain, bundle, x509svid.WithTime(a.now()))
+	if err != nil {
+		return spiffeid.ID{}, fmt.Errorf("%s: %w: %w", op, ErrInvalid, err)
+	}
 	if a.IsDenied(id, chain[0].SerialNumber.Text(16)) {
-		return spiffeid.ID{}, fmt.Errorf("verify agent %s: %w", id, ErrDenied)
+		return spiffeid.ID{}, fmt.Errorf("%s %s: %w", op, id, ErrDenied)
 	}
 	return id, nil
 }

@@ -55,6 +55,9 @@ type Config struct {
 	CA CA `yaml:"ca"`
 	// Agent configures `bulwark agent`.
 	Agent Agent `yaml:"agent"`
+	// Policy configures the Cedar policy store, the decision service and
+	// the signed policy bundles.
+	Policy Policy `yaml:"policy"`
 	// Log configures the process's own logs.
 	Log Log `yaml:"log"`
 }
@@ -232,6 +235,44 @@ type Agent struct {
 	SocketPath string `yaml:"socket_path"`
 }
 
+// Policy configures the Cedar policy store, the decision service (OpenID
+// AuthZEN and Envoy ext_authz) and the signed bundles served to embedded
+// enforcement points.
+type Policy struct {
+	// BundleTTL is how long a signed policy bundle is valid; the control
+	// plane signs a fresh one at half of it. Enforcement points refuse an
+	// expired bundle. Default 1h, range 1m..168h.
+	BundleTTL Duration `yaml:"bundle_ttl"`
+	// ExtAuthzListen is the address of the Envoy ext_authz v3 gRPC service
+	// (mutual TLS: callers present an X.509-SVID). Empty (default) turns
+	// it off.
+	ExtAuthzListen string `yaml:"ext_authz_listen"`
+	// MaxRequestBytes bounds an AuthZEN request body. Default 64KiB, range
+	// 1KiB..8MiB.
+	MaxRequestBytes ByteSize `yaml:"max_request_bytes"`
+	// MaxBatchEvaluations bounds the evaluations of one AuthZEN batch
+	// request. Default 100, range 1..10000.
+	MaxBatchEvaluations int `yaml:"max_batch_evaluations"`
+	// DecisionLog configures the durable spool of decision records.
+	DecisionLog DecisionLog `yaml:"decision_log"`
+}
+
+// DecisionLog configures how decisions reach the audit log: each decision
+// is first written to a local spool (fsynced in groups), then shipped to
+// the audit log in batches. Nothing is dropped: when the spool is full the
+// decision service denies instead of deciding unlogged.
+type DecisionLog struct {
+	// SpoolDir holds the spool. Default empty, which means
+	// <data_dir>/decision-spool.
+	SpoolDir string `yaml:"spool_dir"`
+	// MaxSpoolBytes bounds the spool on disk. Default 1GiB, range
+	// 1MiB..1TiB.
+	MaxSpoolBytes ByteSize `yaml:"max_spool_bytes"`
+	// BatchSize is the most decisions shipped to the audit log in one
+	// append. Default 1000, range 1..10000.
+	BatchSize int `yaml:"batch_size"`
+}
+
 // Log configures the process's own logs.
 type Log struct {
 	// Level is the lowest level logged: "debug", "info" (default), "warn"
@@ -292,6 +333,15 @@ func Default() Config {
 		Agent: Agent{
 			ServerURL: "https://127.0.0.1:8443",
 		},
+		Policy: Policy{
+			BundleTTL:           Duration(time.Hour),
+			MaxRequestBytes:     64 * KiB,
+			MaxBatchEvaluations: 100,
+			DecisionLog: DecisionLog{
+				MaxSpoolBytes: 1 * GiB,
+				BatchSize:     1000,
+			},
+		},
 		Log: Log{
 			Level:  "info",
 			Format: "json",
@@ -307,6 +357,9 @@ func (c *Config) ResolvePaths() {
 	}
 	if c.Agent.SocketPath == "" {
 		c.Agent.SocketPath = filepath.Join(c.DataDir, "agent", "workload.sock")
+	}
+	if c.Policy.DecisionLog.SpoolDir == "" {
+		c.Policy.DecisionLog.SpoolDir = filepath.Join(c.DataDir, "decision-spool")
 	}
 }
 

@@ -90,6 +90,7 @@ func TestParseEmpty(t *testing.T) {
 	want := Default()
 	want.Store.Path = filepath.Join("/var/lib/bulwark", "bulwark.db")
 	want.Agent.SocketPath = filepath.Join("/var/lib/bulwark", "agent", "workload.sock")
+	want.Policy.DecisionLog.SpoolDir = filepath.Join("/var/lib/bulwark", "decision-spool")
 	for _, tc := range []struct{ name, yaml string }{
 		{"nothing", ""},
 		{"comments only", "# nothing here\n\n"},

@@ -23,6 +23,7 @@ func (c *Config) Validate() error {
 	c.Identity.validate(&v)
 	c.CA.validate(&v)
 	c.Agent.validate(&v)
+	c.Policy.validate(&v)
 	v.oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 	v.oneOf("log.format", c.Log.Format, "json", "text")
 	if len(v.errs) == 0 {
@@ -139,6 +140,18 @@ func (a *Agent) validate(v *validator) {
 	if len(a.SocketPath) > 100 {
 		v.fail("agent.socket_path", "must be at most 100 bytes (the limit of a unix socket path), got %d", len(a.SocketPath))
 	}
+}
+
+func (p *Policy) validate(v *validator) {
+	v.durationRange("policy.bundle_ttl", p.BundleTTL, time.Minute, 168*time.Hour)
+	if p.ExtAuthzListen != "" {
+		v.listen("policy.ext_authz_listen", p.ExtAuthzListen)
+	}
+	v.sizeRange("policy.max_request_bytes", p.MaxRequestBytes, 1*KiB, 8*MiB)
+	v.intRange("policy.max_batch_evaluations", p.MaxBatchEvaluations, 1, 10000)
+	v.path("policy.decision_log.spool_dir", p.DecisionLog.SpoolDir, false)
+	v.sizeRange("policy.decision_log.max_spool_bytes", p.DecisionLog.MaxSpoolBytes, 1*MiB, 1024*GiB)
+	v.intRange("policy.decision_log.batch_size", p.DecisionLog.BatchSize, 1, 10000)
 }
 
 // checkTrustDomain checks a SPIFFE trust domain name: lowercase letters,

@@ -46,6 +46,12 @@ type Info struct {
 	// served by the in-process agent of `bulwark dev`; go-spiffe finds it
 	// as SPIFFE_ENDPOINT_SOCKET=unix://<path>.
 	WorkloadAPISocket string `json:"workload_api_socket,omitempty"`
+	// AuthZENURL is the base URL of the OpenID AuthZEN decision API: its
+	// metadata is at <authzen_url>/.well-known/authzen-configuration.
+	AuthZENURL string `json:"authzen_url,omitempty"`
+	// ExtAuthzAddr is host:port of the Envoy ext_authz v3 gRPC service
+	// (mutual TLS with X.509-SVIDs).
+	ExtAuthzAddr string `json:"ext_authz_addr,omitempty"`
 }
 
 // DemoUser is the demo user's name and the file holding its password.
