@@ -63,14 +63,19 @@ func TestEveryPackageHasADocComment(t *testing.T) {
 
 // The SDK keeps its dependencies small: the standard library, plus
 // go-jose for JOSE, gRPC (with what gRPC itself needs) only in the gRPC
-// interceptors, and go-spiffe (with what it needs: the Workload API client
-// brings gRPC and protobuf) only in the mutual-TLS package.
+// interceptors, go-spiffe (with what it needs: the Workload API client
+// brings gRPC and protobuf) only in the mutual-TLS package, and cedar-go
+// (with what it needs) and go-spiffe's spiffeid only in the embedded
+// authorizer.
 const (
-	joseModule     = "github.com/go-jose/go-jose/v4"
-	grpcModule     = "google.golang.org/grpc"
-	grpcSDKPackage = module + "/sdk/authn/authngrpc"
-	spiffeModule   = "github.com/spiffe/go-spiffe/v2"
-	mtlsSDKPackage = module + "/sdk/mtls"
+	joseModule      = "github.com/go-jose/go-jose/v4"
+	grpcModule      = "google.golang.org/grpc"
+	grpcSDKPackage  = module + "/sdk/authn/authngrpc"
+	spiffeModule    = "github.com/spiffe/go-spiffe/v2"
+	mtlsSDKPackage  = module + "/sdk/mtls"
+	cedarModule     = "github.com/cedar-policy/cedar-go"
+	spiffeIDPackage = spiffeModule + "/spiffeid"
+	authzSDKPackage = module + "/sdk/authz"
 )
 
 // inModule reports whether package path belongs to module mod.
@@ -110,14 +115,16 @@ func TestSDKDoesNotImportInternals(t *testing.T) {
 		}
 		grpcOK := p.ImportPath == grpcSDKPackage
 		spiffeOK := p.ImportPath == mtlsSDKPackage
+		authzOK := p.ImportPath == authzSDKPackage
 		var allowedImports []string // third-party imports whose own dependencies are allowed
 		for _, imp := range p.Imports {
 			switch {
 			case !thirdParty(imp), inModule(imp, joseModule):
-			case grpcOK && inModule(imp, grpcModule), spiffeOK && inModule(imp, spiffeModule):
+			case grpcOK && inModule(imp, grpcModule), spiffeOK && inModule(imp, spiffeModule),
+				authzOK && (inModule(imp, cedarModule) || imp == spiffeIDPackage):
 				allowedImports = append(allowedImports, imp)
 			default:
-				t.Errorf("SDK package %s imports third-party %s: keep the SDK's dependencies small (standard library, go-jose; gRPC only in authngrpc; go-spiffe only in mtls)", p.ImportPath, imp)
+				t.Errorf("SDK package %s imports third-party %s: keep the SDK's dependencies small (standard library, go-jose; gRPC only in authngrpc; go-spiffe only in mtls; cedar-go only in authz)", p.ImportPath, imp)
 			}
 		}
 		allowedDeps := depsOf(t, allowedImports)
@@ -126,7 +133,7 @@ func TestSDKDoesNotImportInternals(t *testing.T) {
 				t.Errorf("SDK package %s depends on %s: the SDK must not import server internals", p.ImportPath, d)
 			}
 			if thirdParty(d) && !inModule(d, joseModule) && !allowedDeps[d] {
-				t.Errorf("SDK package %s depends on third-party %s: keep the SDK's dependencies small (standard library, go-jose; gRPC only in authngrpc; go-spiffe only in mtls)", p.ImportPath, d)
+				t.Errorf("SDK package %s depends on third-party %s: keep the SDK's dependencies small (standard library, go-jose; gRPC only in authngrpc; go-spiffe only in mtls; cedar-go only in authz)", p.ImportPath, d)
 			}
 		}
 	}
