@@ -93,7 +93,7 @@ func TestDecide(t *testing.T) {
 
 func TestDecideUnknownEntitiesAndActions(t *testing.T) {
 	t.Parallel()
-	e := NewEngine(mustLoad(t, "testdata/bank"))
+	e := NewEngine(mustLoad(t, bankDir))
 	ctx := cedar.NewRecord(cedar.RecordMap{"mfa": cedar.True})
 	tests := []struct {
 		name string
@@ -156,16 +156,17 @@ func TestDecideConcurrent(t *testing.T) {
 // bankTransfer returns the bank engine and a small transfer by a teller.
 func bankTransfer(t testing.TB) (*Engine, Request, cedar.EntityMap) {
 	t.Helper()
-	e := NewEngine(mustLoad(t, "testdata/bank"))
+	e := NewEngine(mustLoad(t, bankDir))
 	alice := cedar.NewEntityUID("Bulwark::User", "alice")
 	eu := cedar.NewEntityUID("Bulwark::Region", "eu")
 	acct := cedar.NewEntityUID("Bulwark::Account", "a1")
 	pay := cedar.NewEntityUID("Bulwark::Payment", "p1")
 	entities := cedar.EntityMap{
-		alice: {UID: alice, Parents: cedar.NewEntityUIDSet(cedar.NewEntityUID("Bulwark::Role", "teller"))},
-		eu:    {UID: eu, Attributes: cedar.NewRecord(cedar.RecordMap{"code": cedar.String("eu")})},
+		alice: {UID: alice, Parents: cedar.NewEntityUIDSet(cedar.NewEntityUID("Bulwark::Role", "teller")),
+			Attributes: cedar.NewRecord(cedar.RecordMap{"branch": cedar.String("london")})},
+		eu: {UID: eu, Attributes: cedar.NewRecord(cedar.RecordMap{"code": cedar.String("eu")})},
 		acct: {UID: acct, Attributes: cedar.NewRecord(cedar.RecordMap{
-			"owner": cedar.NewEntityUID("Bulwark::User", "carol"), "region": eu})},
+			"owner": cedar.NewEntityUID("Bulwark::User", "carol"), "region": eu, "branch": cedar.String("london")})},
 		pay: {UID: pay, Attributes: cedar.NewRecord(cedar.RecordMap{
 			"account": acct, "amount": cedar.Long(5000), "currency": cedar.String("EUR")})},
 	}

@@ -69,7 +69,7 @@ func TestFormatSyntaxError(t *testing.T) {
 // TestBankPoliciesFormatted keeps the example policies in canonical form.
 func TestBankPoliciesFormatted(t *testing.T) {
 	t.Parallel()
-	dir := filepath.Join("testdata", "bank")
+	dir := bankDir
 	names, err := PolicyFiles(dir)
 	if err != nil {
 		t.Fatal(err)

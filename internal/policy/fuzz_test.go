@@ -10,7 +10,7 @@ import (
 // the formatter and the engine: none may panic, and whatever parses must
 // format to text that parses to the same number of policies.
 func FuzzLoadPolicy(f *testing.F) {
-	for _, dir := range []string{filepath.Join("testdata", "bank"), filepath.Join("testdata", "bad")} {
+	for _, dir := range []string{bankDir, filepath.Join("testdata", "bad")} {
 		names, err := PolicyFiles(dir)
 		if err != nil {
 			f.Fatal(err)

@@ -9,7 +9,7 @@ import (
 
 func TestRunTestsBank(t *testing.T) {
 	t.Parallel()
-	rep, err := RunTests(filepath.Join("testdata", "bank"))
+	rep, err := RunTests(bankDir)
 	if err != nil {
 		t.Fatalf("RunTests: %v", err)
 	}
@@ -18,8 +18,42 @@ func TestRunTestsBank(t *testing.T) {
 			t.Errorf("%s: %s: %s", r.File, r.Name, r.Failure)
 		}
 	}
-	if rep.Failed != 0 || rep.Passed < 20 {
-		t.Errorf("passed %d, failed %d; want at least 20 passing and none failing", rep.Passed, rep.Failed)
+	if rep.Failed != 0 || rep.Passed < 40 {
+		t.Errorf("passed %d, failed %d; want at least 40 passing and none failing", rep.Passed, rep.Failed)
+	}
+}
+
+// TestBankPoliciesAllDetermineADecision checks that every reference policy
+// is the reason of at least one allowing or denying case, and that the
+// cases include default denies, so no rule of the set goes untested.
+func TestBankPoliciesAllDetermineADecision(t *testing.T) {
+	t.Parallel()
+	rep, err := RunTests(bankDir)
+	if err != nil {
+		t.Fatalf("RunTests: %v", err)
+	}
+	seen := map[string]bool{}
+	var allows, denies, defaultDenies int
+	for _, r := range rep.Results {
+		for _, id := range r.Got.Reasons {
+			seen[id] = true
+		}
+		switch {
+		case r.Got.Allowed:
+			allows++
+		case len(r.Got.Reasons) == 0:
+			defaultDenies++
+		default:
+			denies++
+		}
+	}
+	for _, p := range mustLoad(t, bankDir).Policies() {
+		if !seen[p.ID] {
+			t.Errorf("policy %q determines no test case", p.ID)
+		}
+	}
+	if allows == 0 || denies == 0 || defaultDenies == 0 {
+		t.Errorf("allows %d, denies by a forbid %d, default denies %d: want each at least once", allows, denies, defaultDenies)
 	}
 }
 
@@ -36,7 +70,7 @@ const testEntities = `"entities": [
   {"uid": {"type": "Bulwark::Region", "id": "eu"}, "attrs": {"code": "eu"}, "parents": []},
   {"uid": {"type": "Bulwark::User", "id": "alice"}, "attrs": {}, "parents": []},
   {"uid": {"type": "Bulwark::Account", "id": "a1"},
-   "attrs": {"owner": {"__entity": {"type": "Bulwark::User", "id": "alice"}}, "region": {"__entity": {"type": "Bulwark::Region", "id": "eu"}}},
+   "attrs": {"owner": {"__entity": {"type": "Bulwark::User", "id": "alice"}}, "region": {"__entity": {"type": "Bulwark::Region", "id": "eu"}}, "branch": "london"},
    "parents": []}]`
 
 func TestRunTestsCases(t *testing.T) {
