@@ -18,12 +18,15 @@ var errPolicyFailed = errors.New("policy check failed")
 func newPolicyCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "policy",
-		Short: "Work with Cedar policy sets offline: validate, test, fmt",
-		Long: "Check, test and format a directory of Cedar policies (*.cedar) against Bulwark's schema.\n" +
-			"These commands need no server. See docs/policy.md.",
+		Short: "Work with Cedar policy sets: validate, test and fmt offline; push, roll back and manage entities",
+		Long: "Check, test and format a directory of Cedar policies (*.cedar) against Bulwark's schema with\n" +
+			"validate, test and fmt, which need no server. push, versions, rollback and entities manage the\n" +
+			"control plane's versioned policy set and entity store through its admin API (--server,\n" +
+			"--credential-file and --ca-cert default to the values in dev.json). See docs/policy.md.",
 		Args: noArgs,
 	}
-	cmd.AddCommand(newPolicyValidateCommand(), newPolicyTestCommand(), newPolicyFmtCommand())
+	cmd.AddCommand(newPolicyValidateCommand(), newPolicyTestCommand(), newPolicyFmtCommand(),
+		newPolicyPushCommand(), newPolicyVersionsCommand(), newPolicyRollbackCommand(), newPolicyEntitiesCommand())
 	return cmd
 }
 

@@ -4,9 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/cedar-policy/cedar-go"
@@ -145,31 +148,130 @@ func loadDir(dir string) (*Set, []Problem, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	set := &Set{}
-	var problems []Problem
-	first := map[string]Policy{}
+	var sp setParser
 	for _, name := range names {
 		text, err := readBounded(filepath.Join(dir, name))
 		if errors.Is(err, errTooLarge) {
-			problems = append(problems, Problem{File: name, Message: err.Error()})
+			sp.problems = append(sp.problems, Problem{File: name, Message: err.Error()})
 			continue
 		}
 		if err != nil {
 			return nil, nil, fmt.Errorf("read policy file: %w", err)
 		}
-		ps, probs := ParsePolicies(name, text)
-		problems = append(problems, probs...)
-		for _, p := range ps {
-			if prev, dup := first[p.ID]; dup {
-				problems = append(problems, Problem{File: p.File, Line: p.Line, Column: p.Column,
-					Message: fmt.Sprintf("duplicate policy id %q (first at %s:%d:%d)", p.ID, prev.File, prev.Line, prev.Column)})
-				continue
-			}
-			first[p.ID] = p
-			set.policies = append(set.policies, p)
-		}
+		sp.add(name, text)
 	}
+	set, problems := sp.result()
 	return set, problems, nil
+}
+
+// ReadDir reads every *.cedar file of dir (not its subdirectories) with the
+// same limits as LoadDir and returns their texts by file name, for sending
+// them elsewhere (bulwark policy push). A file over MaxFileSize is an error.
+func ReadDir(dir string) (map[string]string, error) {
+	names, err := PolicyFiles(dir)
+	if err != nil {
+		return nil, err
+	}
+	files := make(map[string]string, len(names))
+	for _, name := range names {
+		text, err := readBounded(filepath.Join(dir, name))
+		if err != nil {
+			return nil, fmt.Errorf("read policy file %s: %w", name, err)
+		}
+		files[name] = string(text)
+	}
+	return files, nil
+}
+
+// LoadFiles parses an in-memory policy set (file name -> Cedar text) like
+// LoadDir parses a directory, in file name order. Names are not checked
+// here (see CheckFiles).
+func LoadFiles(files map[string]string) (*Set, []Problem) {
+	var sp setParser
+	for _, name := range slices.Sorted(maps.Keys(files)) {
+		text := files[name]
+		if len(text) > MaxFileSize {
+			sp.problems = append(sp.problems, Problem{File: name, Message: fmt.Sprintf("%v of %d bytes", errTooLarge, MaxFileSize)})
+			continue
+		}
+		sp.add(name, []byte(text))
+	}
+	return sp.result()
+}
+
+// CheckFiles checks an in-memory policy set as a push must be checked:
+// every file name a plain "name.cedar", at most MaxFiles files of at most
+// MaxFileSize bytes, every file parsed, no duplicate policy ID, and every
+// policy valid against s. The problems are sorted by file and position;
+// the set holds the policies that parsed.
+func CheckFiles(files map[string]string, s *Schema) (*Set, []Problem) {
+	var problems []Problem
+	if len(files) > MaxFiles {
+		return &Set{}, []Problem{{File: "(policy set)", Message: fmt.Sprintf("%d files, more than the limit of %d", len(files), MaxFiles)}}
+	}
+	valid := make(map[string]string, len(files))
+	for name, text := range files {
+		if err := checkFileName(name); err != nil {
+			problems = append(problems, Problem{File: strconv.Quote(clipName(name)), Message: err.Error()})
+			continue
+		}
+		valid[name] = text
+	}
+	set, probs := LoadFiles(valid)
+	problems = append(problems, probs...)
+	problems = append(problems, Validate(set, s)...)
+	sortProblems(problems)
+	return set, problems
+}
+
+// validFileName is a plain policy file name: no directory, no hidden file.
+var validFileName = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9._-]{0,199}$`)
+
+func checkFileName(name string) error {
+	stem, ok := strings.CutSuffix(name, PolicyExt)
+	if !ok || stem == "" {
+		return fmt.Errorf("file name must end in %s", PolicyExt)
+	}
+	if !validFileName.MatchString(name) {
+		return errors.New("file name must be a plain name of letters, digits, '.', '_' and '-' (no directory, at most 200 characters)")
+	}
+	return nil
+}
+
+func clipName(name string) string {
+	if len(name) > 64 {
+		return name[:64] + "..."
+	}
+	return name
+}
+
+// setParser parses files into one set, finding duplicate policy IDs.
+type setParser struct {
+	set      Set
+	problems []Problem
+	first    map[string]Policy
+}
+
+func (sp *setParser) add(name string, text []byte) {
+	if sp.first == nil {
+		sp.first = map[string]Policy{}
+	}
+	ps, probs := ParsePolicies(name, text)
+	sp.problems = append(sp.problems, probs...)
+	for _, p := range ps {
+		if prev, dup := sp.first[p.ID]; dup {
+			sp.problems = append(sp.problems, Problem{File: p.File, Line: p.Line, Column: p.Column,
+				Message: fmt.Sprintf("duplicate policy id %q (first at %s:%d:%d)", p.ID, prev.File, prev.Line, prev.Column)})
+			continue
+		}
+		sp.first[p.ID] = p
+		sp.set.policies = append(sp.set.policies, p)
+	}
+}
+
+func (sp *setParser) result() (*Set, []Problem) {
+	set := sp.set
+	return &set, sp.problems
 }
 
 func sortProblems(ps []Problem) {
