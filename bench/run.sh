@@ -11,6 +11,12 @@
 #   workload identity (bench/workload_test.go):
 #     X.509-SVIDs issued over the agent-server channel (SQLite): >= 2,000/s
 #     added cost of a pooled mTLS connection over plain TCP: < 10 µs/request
+#   policy (bench/authz_test.go, bench/authzen_test.go):
+#     embedded sdk/authz decision, reference bank policies, building the
+#     request included: p50 < 3 µs, p99 < 15 µs
+#     AuthZEN decisions over HTTPS with decision logging on: >= 20,000/s
+#     (batch requests of 10 evaluations; one evaluation per request is
+#     reported without a target, see bench/README.md)
 # PostgreSQL figures are reported without a target. Exits 1 if a target is
 # missed. Needs the test PostgreSQL (make test-deps; `make bench` starts it).
 #
@@ -62,12 +68,20 @@ echo "running workload identity benchmarks (raw output: $out/workload.txt)"
   -test.benchtime 2s -test.count "$count" >>"$out/workload.txt" 2>&1 || {
   cat "$out/workload.txt"; echo "workload benchmarks failed" >&2; exit 1; }
 
+echo "running policy benchmarks (raw output: $out/policy.txt)"
+"$out/bench.test" -test.run '^$' -test.bench '^BenchmarkEmbeddedDecision$' \
+  -test.benchtime 400000x -test.count "$count" >"$out/policy.txt" 2>&1 || {
+  cat "$out/policy.txt"; echo "policy benchmarks failed" >&2; exit 1; }
+"$out/bench.test" -test.run '^$' -test.bench '^BenchmarkAuthZENHTTP$' \
+  -test.benchtime 5s -test.count "$count" >>"$out/policy.txt" 2>&1 || {
+  cat "$out/policy.txt"; echo "policy benchmarks failed" >&2; exit 1; }
+
 echo "load average after the run: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 
 # The benchmark lines are "Name-PROCS  N  value unit  value unit ...". For
 # each benchmark, report the median over its runs of each metric.
-cat "$out/append.txt" "$out/proof.txt" "$out/identity.txt" "$out/workload.txt" | awk '
+cat "$out/append.txt" "$out/proof.txt" "$out/identity.txt" "$out/workload.txt" "$out/policy.txt" | awk '
 function median(key,    n, i, j, v, t) {
   n = cnt[key]
   for (i = 1; i <= n; i++) v[i] = val[key, i]
@@ -153,6 +167,23 @@ END {
     ok = pooled - plain < 10
     if (!ok) fails++
     printf "%-44s %12.2f %10s  %s\n", "pooled mTLS minus plain TCP", pooled - plain, "µs/req", sprintf("%s (< 10 µs)", ok ? "PASS" : "FAIL")
+  }
+  printf "\n%-44s %12s %10s  %s\n", "policy benchmark", "value", "unit", "target"
+  for (o = 1; o <= names; o++) {
+    name = order[o]
+    if (name ~ /^BenchmarkEmbeddedDecision/) {
+      p50 = m(name, "p50-ns"); p99 = m(name, "p99-ns")
+      ok = p50 >= 0 && p50 < 3000; if (!ok) fails++
+      printf "%-44s %12.0f %10s  %s\n", "embedded decision p50", p50, "ns", sprintf("%s (< 3000 ns)", ok ? "PASS" : "FAIL")
+      ok = p99 >= 0 && p99 < 15000; if (!ok) fails++
+      printf "%-44s %12.0f %10s  %s\n", "embedded decision p99", p99, "ns", sprintf("%s (< 15000 ns)", ok ? "PASS" : "FAIL")
+    } else if (name ~ /^BenchmarkAuthZENHTTP\/batch/) {
+      rate = m(name, "decisions/s"); ok = rate >= 20000
+      if (!ok) fails++
+      printf "%-44s %12.0f %10s  %s\n", "AuthZEN over HTTPS, 10 per request, log on", rate, "decisions/s", sprintf("%s (>= 20000/s)", ok ? "PASS" : "FAIL")
+    } else if (name ~ /^BenchmarkAuthZENHTTP\/single/) {
+      printf "%-44s %12.0f %10s  %s\n", "AuthZEN over HTTPS, 1 per request, log on", m(name, "decisions/s"), "decisions/s", "reported (see bench/README.md)"
+    }
   }
   if (fails) { printf "\n%d target(s) missed\n", fails; exit 1 }
   printf "\nall targets met\n"

@@ -34,9 +34,10 @@ import (
 
 func newDevCommand() *cobra.Command {
 	var (
-		dataDir    string
-		listen     string
-		configPath string
+		dataDir        string
+		listen         string
+		extAuthzListen string
+		configPath     string
 	)
 	cmd := &cobra.Command{
 		Use:   "dev",
@@ -69,6 +70,12 @@ notifications, gateway) are registered for every process of the current user.
 			if cmd.Flags().Changed("listen") || configPath == "" {
 				cfg.Listen = listen
 			}
+			if cmd.Flags().Changed("ext-authz-listen") || cfg.Policy.ExtAuthzListen == "" {
+				cfg.Policy.ExtAuthzListen = extAuthzListen
+				if !cmd.Flags().Changed("ext-authz-listen") && strings.HasSuffix(cfg.Listen, ":0") {
+					cfg.Policy.ExtAuthzListen = "127.0.0.1:0"
+				}
+			}
 			cfg.ResolvePaths()
 			if err := cfg.Validate(); err != nil {
 				return err
@@ -95,6 +102,9 @@ notifications, gateway) are registered for every process of the current user.
 
 			demo, err := provisionDemo(ctx, srv.Identity(), cfg.DataDir, time.Now())
 			if err != nil {
+				return stop(err)
+			}
+			if err := provisionDevPolicies(ctx, srv.PolicyRepository(), cfg.CA.TrustDomain); err != nil {
 				return stop(err)
 			}
 			// The in-process agent serves the demo services' SVIDs.
@@ -124,6 +134,10 @@ notifications, gateway) are registered for every process of the current user.
 				DemoClient:          &demo.client,
 				TrustDomain:         wl.trustDomain,
 				WorkloadAPISocket:   wl.socket,
+				AuthZENURL:          srv.AuthZENURL(),
+			}
+			if addr := srv.ExtAuthzAddr(); addr != nil {
+				info.ExtAuthzAddr = addr.String()
 			}
 			if err := devinfo.Write(cfg.DataDir, info); err != nil {
 				return stop(err)
@@ -145,6 +159,8 @@ notifications, gateway) are registered for every process of the current user.
 	}
 	cmd.Flags().StringVar(&dataDir, "data-dir", ".bulwark", "directory for the database, sealed keys and dev.json")
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8443", "control plane listen address (port 0 picks a free port)")
+	cmd.Flags().StringVar(&extAuthzListen, "ext-authz-listen", "127.0.0.1:9191",
+		"Envoy ext_authz gRPC listen address (port 0 when --listen has port 0)")
 	cmd.Flags().StringVar(&configPath, "config", "", "optional YAML configuration file; --data-dir and --listen override it")
 	return cmd
 }
@@ -361,6 +377,13 @@ Identity (OAuth 2.0 / OpenID Connect, FAPI 2.0):
 	} else {
 		fmt.Fprintf(w, "  demo user       %s, password in %s\n", info.DemoUser.Username, info.DemoUser.PasswordFile)
 	}
+	fmt.Fprintf(w, `
+Policy (Cedar, reference bank policies loaded; bulwark policy versions):
+  AuthZEN         %s/.well-known/authzen-configuration
+  ext_authz       %s  (Envoy ext_authz v3 gRPC, mTLS with an X.509-SVID)
+  bundle          %s/v1/policy/bundle  (signed; keys at /v1/policy/bundle/keys)
+  ask             %s
+`, info.AuthZENURL, info.ExtAuthzAddr, info.ControlPlaneURL, authzenCurl(info))
 	fmt.Fprintf(w, `
 Try it:
   curl --cacert %s -H "Authorization: Bearer $(cat %s)" \

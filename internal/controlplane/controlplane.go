@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
 
 	"github.com/bulwarksec/bulwark/internal/adminauth"
 	"github.com/bulwarksec/bulwark/internal/audit"
@@ -32,6 +33,7 @@ import (
 	"github.com/bulwarksec/bulwark/internal/httpapi"
 	"github.com/bulwarksec/bulwark/internal/identity"
 	"github.com/bulwarksec/bulwark/internal/keys"
+	"github.com/bulwarksec/bulwark/internal/policy"
 	"github.com/bulwarksec/bulwark/internal/store"
 )
 
@@ -52,6 +54,11 @@ type Server struct {
 	identity *identity.Server
 	ca       *ca.Authority
 	http     *http.Server
+
+	policyRepo       *policy.Repository
+	decisions        *policy.DecisionService
+	extAuthz         *grpc.Server // nil when policy.ext_authz_listen is empty
+	extAuthzListener net.Listener
 	// longPolls is canceled when shutdown begins, ending the long polls
 	// of the revocation feed and the CA's deny list, which would
 	// otherwise hold Shutdown for up to their wait time.
@@ -199,6 +206,9 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *Serve
 		return nil, fmt.Errorf("workload CA: %w", err)
 	}
 	ca.NewAPI(s.ca, logger).Register(mux, auth.Require)
+	if err := s.buildPolicy(caCtx, mux, ks, reg, auth.Require, tlsCfg); err != nil {
+		return nil, err
+	}
 	s.http = &http.Server{
 		Handler:           httpapi.WithRequestID(securityHeaders(s.cancelLongPolls(mux))),
 		TLSConfig:         tlsCfg,
@@ -284,7 +294,7 @@ func securityHeaders(next http.Handler) http.Handler {
 // shutdown begins. Other requests keep theirs: in-flight work finishes.
 func (s *Server) cancelLongPolls(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == identity.PathRevocations || r.URL.Path == ca.PathDenyList {
+		if r.URL.Path == identity.PathRevocations || r.URL.Path == ca.PathDenyList || r.URL.Path == policy.PathBundle {
 			ctx, cancel := context.WithCancel(r.Context())
 			defer cancel()
 			stop := context.AfterFunc(s.longPolls, cancel)
@@ -355,6 +365,8 @@ func (s *Server) Run(ctx context.Context) error {
 	caDone := make(chan error, 1)
 	go func() { caDone <- s.ca.Run(caCtx) }()
 
+	policyDone, stopPolicy := s.runPolicy()
+
 	httpDone := make(chan error, 1)
 	go func() { httpDone <- s.http.Serve(s.listener) }()
 
@@ -385,12 +397,20 @@ func (s *Server) Run(ctx context.Context) error {
 			runErr = fmt.Errorf("serve: %w", err)
 		}
 		httpDone <- nil
+	case err := <-policyDone:
+		if err == nil {
+			err = errors.New("stopped before the control plane")
+		}
+		runErr = fmt.Errorf("policy: %w", err)
 	}
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	s.endLongPolls()
 	if err := s.http.Shutdown(shutdownCtx); err != nil {
 		runErr = errors.Join(runErr, fmt.Errorf("shut down HTTP: %w", err))
+	}
+	if err := stopPolicy(); err != nil {
+		runErr = errors.Join(runErr, err)
 	}
 	stopIdentity()
 	if err := <-idDone; err != nil {
@@ -422,6 +442,9 @@ func (s *Server) close() {
 		s.endLongPolls()
 		if s.listener != nil {
 			s.listener.Close()
+		}
+		if s.extAuthzListener != nil {
+			s.extAuthzListener.Close()
 		}
 		_ = s.stopLog()
 		if s.db != nil {
