@@ -23,6 +23,20 @@ func TestRunTestsBank(t *testing.T) {
 	}
 }
 
+// TestRunTestsDecisionFixture: the smaller policy set the decision
+// service's tests use (testdata/bank) is itself valid and passes its cases,
+// so those tests decide with a set that means what it says.
+func TestRunTestsDecisionFixture(t *testing.T) {
+	t.Parallel()
+	rep, err := RunTests(decisionBankDir)
+	if err != nil {
+		t.Fatalf("RunTests: %v", err)
+	}
+	if rep.Failed != 0 || rep.Passed == 0 {
+		t.Errorf("passed %d, failed %d", rep.Passed, rep.Failed)
+	}
+}
+
 // TestBankPoliciesAllDetermineADecision checks that every reference policy
 // is the reason of at least one allowing or denying case, and that the
 // cases include default denies, so no rule of the set goes untested.
