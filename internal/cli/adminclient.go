@@ -26,7 +26,6 @@ import (
 
 	"github.com/bulwarksec/bulwark/internal/audit"
 	"github.com/bulwarksec/bulwark/internal/devinfo"
-	"github.com/bulwarksec/bulwark/internal/httpapi"
 )
 
 // adminFlags locate a control plane and the admin credential, for the
@@ -133,13 +132,34 @@ type adminClient struct {
 const maxAdminAnswer = 16 << 20
 
 // adminAPIError is an error answer of an admin API: the status and the
-// stable code, message and request ID of its JSON error body.
+// stable code, message and request ID of its JSON error body, and the
+// problems of a refused policy push or entity change.
 type adminAPIError struct {
 	Method, Path string
 	Status       int
 	Code         string
 	Message      string
 	RequestID    string
+	Problems     []apiProblem
+}
+
+// apiProblem is one problem of an error body that lists them (a refused
+// policy set: file, line and column; refused entities: a message).
+type apiProblem struct {
+	File    string `json:"file,omitempty"`
+	Line    int    `json:"line,omitempty"`
+	Column  int    `json:"column,omitempty"`
+	Message string `json:"message"`
+}
+
+// apiErrorBody is httpapi.ErrorBody with the optional list of problems.
+type apiErrorBody struct {
+	Error struct {
+		Code      string       `json:"code"`
+		Message   string       `json:"message"`
+		RequestID string       `json:"request_id"`
+		Problems  []apiProblem `json:"problems"`
+	} `json:"error"`
 }
 
 func (e *adminAPIError) Error() string {
@@ -158,7 +178,9 @@ func (e *adminAPIError) Error() string {
 }
 
 // do sends in (if not nil) as JSON and decodes a 2xx answer into out (if
-// not nil). Any other answer is an *adminAPIError.
+// not nil). Any other answer is an *adminAPIError. path is appended to the
+// base URL as is: it may carry escaped segments (entity IDs such as SPIFFE
+// IDs) and a query.
 func (c *adminClient) do(ctx context.Context, method, path string, in, out any) error {
 	var body io.Reader
 	if in != nil {
@@ -168,9 +190,7 @@ func (c *adminClient) do(ctx context.Context, method, path string, in, out any) 
 		}
 		body = bytes.NewReader(b)
 	}
-	u := *c.base
-	u.Path = c.base.Path + path
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
+	req, err := http.NewRequestWithContext(ctx, method, c.base.String()+path, body)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", method, path, err)
 	}
@@ -198,9 +218,13 @@ func (c *adminClient) do(ctx context.Context, method, path string, in, out any) 
 	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		e := &adminAPIError{Method: method, Path: path, Status: resp.StatusCode, RequestID: printableCut(resp.Header.Get("X-Request-ID"), 64)}
-		var eb httpapi.ErrorBody
+		var eb apiErrorBody
 		if json.Unmarshal(raw, &eb) == nil && eb.Error.Code != "" {
 			e.Code, e.Message = printableCut(eb.Error.Code, 64), printableCut(eb.Error.Message, 2048)
+			for _, p := range eb.Error.Problems {
+				e.Problems = append(e.Problems, apiProblem{File: printableCut(p.File, 256), Line: p.Line, Column: p.Column,
+					Message: printableCut(p.Message, 2048)})
+			}
 			if eb.Error.RequestID != "" {
 				e.RequestID = printableCut(eb.Error.RequestID, 64)
 			}

@@ -363,16 +363,6 @@ func newCAEntryCommand(f *caFlags) *cobra.Command {
 	return cmd
 }
 
-// withQuery returns a copy of c whose requests carry the query q (do
-// takes a path only).
-func withQuery(c *adminClient, q url.Values) *adminClient {
-	cc := *c
-	base := *c.base
-	base.RawQuery = q.Encode()
-	cc.base = &base
-	return &cc
-}
-
 // oneArg requires exactly one argument, described by what.
 func oneArg(what string) cobra.PositionalArgs {
 	return func(cmd *cobra.Command, args []string) error {
@@ -539,7 +529,7 @@ func newCACertsCommand(f *caFlags) *cobra.Command {
 			}
 			var ans ca.CertList
 			q := url.Values{"limit": {strconv.Itoa(limit)}}
-			if err := withQuery(conn, q).do(cmd.Context(), http.MethodGet, ca.PathCertificates, nil, &ans); err != nil {
+			if err := conn.do(cmd.Context(), http.MethodGet, ca.PathCertificates+"?"+q.Encode(), nil, &ans); err != nil {
 				return err
 			}
 			slices.SortStableFunc(ans.Certificates, func(a, b ca.CertJSON) int { return a.NotAfter.Compare(b.NotAfter) })

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -42,12 +41,12 @@ func newPolicyPushCommand() *cobra.Command {
 				return err
 			}
 			var info policy.VersionInfo
-			err = policyDo(cmd.Context(), c, http.MethodPost, policy.PathVersions, policy.PushRequest{Files: files, Comment: comment}, &info)
-			var pe *policyAPIError
+			err = c.do(cmd.Context(), http.MethodPost, policy.PathVersions, policy.PushRequest{Files: files, Comment: comment}, &info)
+			var pe *adminAPIError
 			if errors.As(err, &pe) && len(pe.Problems) > 0 {
 				out := cmd.OutOrStdout()
 				for _, p := range pe.Problems {
-					fmt.Fprintln(out, policy.Problem{File: printableCut(p.File, 256), Line: p.Line, Column: p.Column, Message: printableCut(p.Message, 2048)})
+					fmt.Fprintln(out, policy.Problem{File: p.File, Line: p.Line, Column: p.Column, Message: p.Message})
 				}
 				return fmt.Errorf("%w: the control plane refused the policy set: %d problem(s)", errPolicyFailed, len(pe.Problems))
 			}
@@ -81,7 +80,7 @@ func newPolicyVersionsCommand() *cobra.Command {
 				return err
 			}
 			var list policy.VersionList
-			if err := policyDo(cmd.Context(), c, http.MethodGet, policy.PathVersions, nil, &list); err != nil {
+			if err := c.do(cmd.Context(), http.MethodGet, policy.PathVersions, nil, &list); err != nil {
 				return err
 			}
 			if out == "json" {
@@ -130,7 +129,7 @@ func newPolicyRollbackCommand() *cobra.Command {
 				return err
 			}
 			var info policy.VersionInfo
-			if err := policyDo(cmd.Context(), c, http.MethodPost, policy.PathRollback, policy.RollbackRequest{To: to}, &info); err != nil {
+			if err := c.do(cmd.Context(), http.MethodPost, policy.PathRollback, policy.RollbackRequest{To: to}, &info); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "rolled back to version %d as version %d (%d policies)\n", info.RollbackOf, info.Version, info.Policies)
@@ -172,11 +171,11 @@ func newPolicyEntitiesCommand() *cobra.Command {
 					method = http.MethodPut
 				}
 				var res policy.EntitiesResult
-				if err := policyDo(cmd.Context(), c, method, policy.PathEntities, json.RawMessage(body), &res); err != nil {
-					var pe *policyAPIError
+				if err := c.do(cmd.Context(), method, policy.PathEntities, json.RawMessage(body), &res); err != nil {
+					var pe *adminAPIError
 					if errors.As(err, &pe) && len(pe.Problems) > 0 {
 						for _, p := range pe.Problems {
-							fmt.Fprintln(cmd.OutOrStdout(), printableCut(p.Message, 2048))
+							fmt.Fprintln(cmd.OutOrStdout(), p.Message)
 						}
 						return fmt.Errorf("%w: the control plane refused the entities: %d problem(s)", errPolicyFailed, len(pe.Problems))
 					}
@@ -202,7 +201,7 @@ func newPolicyEntitiesCommand() *cobra.Command {
 				path += "?type=" + url.QueryEscape(typ)
 			}
 			var raw json.RawMessage
-			if err := policyDo(cmd.Context(), c, http.MethodGet, path, nil, &raw); err != nil {
+			if err := c.do(cmd.Context(), http.MethodGet, path, nil, &raw); err != nil {
 				return err
 			}
 			return printEntityJSON(cmd, raw)
@@ -222,14 +221,14 @@ func newPolicyEntitiesCommand() *cobra.Command {
 				path := policy.PathEntities + "/" + url.PathEscape(args[0]) + "/" + url.PathEscape(args[1])
 				if method == http.MethodDelete {
 					var res policy.EntitiesResult
-					if err := policyDo(cmd.Context(), c, method, path, nil, &res); err != nil {
+					if err := c.do(cmd.Context(), method, path, nil, &res); err != nil {
 						return err
 					}
 					fmt.Fprintf(cmd.OutOrStdout(), "deleted; entities version %d (bundle %d)\n", res.EntitiesVersion, res.BundleVersion)
 					return nil
 				}
 				var raw json.RawMessage
-				if err := policyDo(cmd.Context(), c, method, path, nil, &raw); err != nil {
+				if err := c.do(cmd.Context(), method, path, nil, &raw); err != nil {
 					return err
 				}
 				return printEntityJSON(cmd, raw)
@@ -279,71 +278,4 @@ func printEntityJSON(cmd *cobra.Command, raw []byte) error {
 	buf.WriteByte('\n')
 	_, err := cmd.OutOrStdout().Write(buf.Bytes())
 	return err
-}
-
-// policyAPIError is an error answer of the policy API, with the problems
-// of a refused push or entity change.
-type policyAPIError struct {
-	adminAPIError
-	Problems []policy.ProblemJSON
-}
-
-// policyDo is adminClient.do for the policy API: path may carry escaped
-// segments (entity IDs such as SPIFFE IDs) and a query, and an error
-// answer keeps its list of problems.
-func policyDo(ctx context.Context, c *adminClient, method, path string, in, out any) error {
-	var body io.Reader
-	if in != nil {
-		b, err := json.Marshal(in)
-		if err != nil {
-			return fmt.Errorf("%s %s: encode request: %w", method, path, err)
-		}
-		body = bytes.NewReader(b)
-	}
-	req, err := http.NewRequestWithContext(ctx, method, c.base.String()+path, body)
-	if err != nil {
-		return fmt.Errorf("%s %s: %w", method, path, err)
-	}
-	if in != nil {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	req.Header.Set("Accept", "application/json")
-	req.Header.Set("User-Agent", "bulwark-cli")
-	req.Header.Set("Authorization", "Bearer "+c.credential)
-	resp, err := c.hc.Do(req)
-	if err != nil {
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
-		return fmt.Errorf("%s %s: %w", method, path, err)
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, maxAdminAnswer+1))
-	if err != nil {
-		return fmt.Errorf("%s %s: read answer: %w", method, path, err)
-	}
-	if len(raw) > maxAdminAnswer {
-		return fmt.Errorf("%s %s: answer larger than %d bytes", method, path, maxAdminAnswer)
-	}
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		e := &policyAPIError{adminAPIError: adminAPIError{Method: method, Path: path, Status: resp.StatusCode,
-			RequestID: printableCut(resp.Header.Get("X-Request-ID"), 64)}}
-		var eb policy.ErrorBody
-		if json.Unmarshal(raw, &eb) == nil && eb.Error.Code != "" {
-			e.Code, e.Message, e.Problems = printableCut(eb.Error.Code, 64), printableCut(eb.Error.Message, 2048), eb.Error.Problems
-			if eb.Error.RequestID != "" {
-				e.RequestID = printableCut(eb.Error.RequestID, 64)
-			}
-		} else {
-			e.Message = http.StatusText(resp.StatusCode)
-		}
-		return e
-	}
-	if out != nil {
-		if err := json.Unmarshal(raw, out); err != nil {
-			return fmt.Errorf("%s %s: decode answer: %w", method, path, err)
-		}
-	}
-	return nil
 }
