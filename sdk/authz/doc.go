@@ -15,8 +15,9 @@
 // GET /v1/policy/bundle with ETags), verifies its Ed25519 signature before
 // using it ([VerifyBundle]), never goes back to an older bundle (also
 // across restarts, through its cache file), keeps the last good bundle
-// when the control plane is unreachable, and denies everything once that
-// bundle is older than the configured maximum staleness. Bundles it
+// when the control plane is unreachable, and denies everything once the
+// control plane has not confirmed that bundle for longer than the
+// configured maximum staleness (or the bundle has expired). Bundles it
 // refuses are reported to [Config.OnRefused] so the service can audit
 // them.
 package authz
