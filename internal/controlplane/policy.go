@@ -152,6 +152,7 @@ func (s *Server) runPolicy() (done <-chan error, stop func() error) {
 	go func() { errs <- wrapErr("decision service", s.decisions.Run(ctx)) }()
 	if s.extAuthz != nil {
 		n++
+		s.log.Info("ext_authz listening", slog.String("addr", s.extAuthzListener.Addr().String()))
 		go func() { errs <- wrapErr("ext_authz", s.extAuthz.Serve(s.extAuthzListener)) }()
 	}
 	first := make(chan error, 1)
