@@ -9,7 +9,7 @@ STATICCHECK_VERSION := v0.8.2
 dev:
 	$(GO) run ./cmd/bulwark dev
 
-## test: start what the tests need (PostgreSQL), then run every test with the race detector
+## test: start what the tests need (SoftHSM2, Redis, PostgreSQL), then run every test with the race detector
 test: test-deps
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 
@@ -17,7 +17,7 @@ test: test-deps
 race:
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 
-## test-deps: start (or install) PostgreSQL for the store tests
+## test-deps: install or start SoftHSM2, Redis and PostgreSQL for the tests
 test-deps:
 	./scripts/test-deps.sh
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure everything the tests need is there: SoftHSM2 (the PKCS#11 token
-# of the CA tests) and a PostgreSQL server that accepts the test DSN
+# of the CA tests), a Redis server (the gateway's shared rate limits;
+# BULWARK_TEST_REDIS, default 127.0.0.1:6379) and a PostgreSQL server that accepts the test DSN
 # (BULWARK_TEST_POSTGRES, default the local server's "test" database as user
 # postgres over TCP). Installs what is missing from Debian's packages and
 # starts the local cluster if it is stopped. Idempotent; safe to run before
@@ -21,6 +22,22 @@ if [ ! -e /usr/lib/softhsm/libsofthsm2.so ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2 >/dev/null
 fi
 log "SoftHSM2 ready"
+
+if [ -z "${BULWARK_TEST_REDIS:-}" ]; then
+  redis_up() { redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null | grep -q PONG; }
+  if ! command -v redis-server >/dev/null 2>&1; then
+    log "Redis is not installed; installing it from Debian's packages"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null
+  fi
+  if ! redis_up; then
+    log "starting Redis on 127.0.0.1:6379 (nothing kept on disk)"
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save '' --appendonly no >/dev/null
+    for _ in $(seq 1 40); do redis_up && break; sleep 0.25; done
+    redis_up || { log "Redis did not start"; exit 1; }
+  fi
+  log "Redis ready"
+fi
 
 if [ -n "${BULWARK_TEST_POSTGRES:-}" ]; then
   # An explicit server is the caller's; only check it.
