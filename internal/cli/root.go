@@ -61,6 +61,7 @@ func NewRootCommand() *cobra.Command {
 		newCACommand(),
 		newAgentCommand(),
 		newPolicyCommand(),
+		newServicesCommand(),
 	)
 	return root
 }

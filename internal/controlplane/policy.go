@@ -17,6 +17,7 @@ import (
 
 	"github.com/bulwarksec/bulwark/internal/adminauth"
 	"github.com/bulwarksec/bulwark/internal/audit"
+	"github.com/bulwarksec/bulwark/internal/directory"
 	"github.com/bulwarksec/bulwark/internal/httpapi"
 	"github.com/bulwarksec/bulwark/internal/keys"
 	"github.com/bulwarksec/bulwark/internal/policy"
@@ -41,6 +42,14 @@ func (s *Server) buildPolicy(ctx context.Context, mux *http.ServeMux, ks *keys.S
 	s.policyRepo = repo
 	pep := s.requireEnforcementPoint(admin)
 	repo.Register(mux, admin, pep)
+
+	// The service directory: agents and gateways resolve destinations in it.
+	dir, err := directory.New(directory.Config{TrustDomain: s.cfg.CA.TrustDomain},
+		directory.Deps{DB: s.db, Audit: s.audit, Logger: s.log})
+	if err != nil {
+		return fmt.Errorf("service directory: %w", err)
+	}
+	dir.Register(mux, admin, pep)
 
 	ds, err := policy.NewDecisionService(policy.DecisionConfig{
 		BaseURL:             s.URL(),
