@@ -119,7 +119,7 @@ func Open(ctx context.Context, opts Options) (*DB, error) {
 	sdb.SetMaxIdleConns(maxConns)
 	sdb.SetConnMaxIdleTime(5 * time.Minute)
 	db := &DB{sql: sdb, driver: opts.Driver, txSem: make(chan struct{}, 1)}
-	if err := sdb.PingContext(ctx); err != nil {
+	if err := ping(ctx, sdb); err != nil {
 		sdb.Close()
 		return nil, fmt.Errorf("open %s store: connect: %w", opts.Driver, err)
 	}
@@ -138,6 +138,27 @@ func Open(ctx context.Context, opts Options) (*DB, error) {
 		}
 	}
 	return db, nil
+}
+
+// ping opens the first connection. SQLite can answer SQLITE_BUSY at once,
+// without waiting out the busy timeout, while another process is switching
+// a new database to WAL (replicas starting together): that is retried for
+// up to the busy timeout.
+func ping(ctx context.Context, sdb *sql.DB) error {
+	deadline := time.Now().Add(10 * time.Second)
+	wait := 10 * time.Millisecond
+	for {
+		err := sdb.PingContext(ctx)
+		if err == nil || !IsTransient(err) || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 200*time.Millisecond)
+	}
 }
 
 // sqliteDSN returns the modernc.org/sqlite DSN for a durable, concurrent
