@@ -199,8 +199,10 @@ func NewRepository(ctx context.Context, cfg RepositoryConfig, deps RepositoryDep
 }
 
 // Run keeps the repository current until ctx ends: every PollInterval it
-// installs bundles signed by other replicas and re-signs the bundle when
-// half of its lifetime has passed. It returns nil when ctx ends.
+// learns the signing keys of replicas that started since (so that this
+// replica publishes them to clients even when it never loaded a bundle they
+// signed), installs bundles signed by other replicas and re-signs the bundle
+// when half of its lifetime has passed. It returns nil when ctx ends.
 func (r *Repository) Run(ctx context.Context) error {
 	defer r.doneOnce.Do(func() { close(r.done) })
 	tick := time.NewTicker(r.cfg.PollInterval)
@@ -210,6 +212,9 @@ func (r *Repository) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
+		}
+		if err := r.loadKeys(ctx); err != nil && ctx.Err() == nil {
+			r.log.Warn("policy: load the replicas' signing keys", slog.Any(logKeyRepoErr, err))
 		}
 		if err := r.refresh(ctx, false); err != nil && ctx.Err() == nil {
 			r.log.Warn("policy: refresh the bundle", slog.Any(logKeyRepoErr, err))
