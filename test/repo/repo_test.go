@@ -67,7 +67,8 @@ func TestEveryPackageHasADocComment(t *testing.T) {
 // brings gRPC and protobuf) only in the mutual-TLS package and its test
 // CA, and cedar-go
 // (with what it needs) and go-spiffe's spiffeid only in the embedded
-// authorizer.
+// authorizer; spiffeid (which needs nothing else) also in sdk/peer, whose
+// Identity names the calling workload.
 const (
 	joseModule      = "github.com/go-jose/go-jose/v4"
 	grpcModule      = "google.golang.org/grpc"
@@ -77,6 +78,7 @@ const (
 	cedarModule     = "github.com/cedar-policy/cedar-go"
 	spiffeIDPackage = spiffeModule + "/spiffeid"
 	authzSDKPackage = module + "/sdk/authz"
+	peerSDKPackage  = module + "/sdk/peer"
 )
 
 // inModule reports whether package path belongs to module mod.
@@ -117,15 +119,16 @@ func TestSDKDoesNotImportInternals(t *testing.T) {
 		grpcOK := p.ImportPath == grpcSDKPackage
 		spiffeOK := p.ImportPath == mtlsSDKPackage || p.ImportPath == mtlsSDKPackage+"/mtlstest"
 		authzOK := p.ImportPath == authzSDKPackage
+		peerOK := p.ImportPath == peerSDKPackage
 		var allowedImports []string // third-party imports whose own dependencies are allowed
 		for _, imp := range p.Imports {
 			switch {
 			case !thirdParty(imp), inModule(imp, joseModule):
 			case grpcOK && inModule(imp, grpcModule), spiffeOK && inModule(imp, spiffeModule),
-				authzOK && (inModule(imp, cedarModule) || imp == spiffeIDPackage):
+				authzOK && (inModule(imp, cedarModule) || imp == spiffeIDPackage), peerOK && imp == spiffeIDPackage:
 				allowedImports = append(allowedImports, imp)
 			default:
-				t.Errorf("SDK package %s imports third-party %s: keep the SDK's dependencies small (standard library, go-jose; gRPC only in authngrpc; go-spiffe only in mtls; cedar-go only in authz)", p.ImportPath, imp)
+				t.Errorf("SDK package %s imports third-party %s: keep the SDK's dependencies small (standard library, go-jose; gRPC only in authngrpc; go-spiffe only in mtls, its spiffeid also in authz and peer; cedar-go only in authz)", p.ImportPath, imp)
 			}
 		}
 		allowedDeps := depsOf(t, allowedImports)
