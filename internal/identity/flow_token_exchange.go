@@ -137,7 +137,7 @@ func (s *Server) tokenExchangeGrant(ctx context.Context, tr *tokenRequest) (*tok
 	}
 	act := &actClaim{Subject: c.ID, Act: subject.Act}
 	var user *tokenUser
-	if subject.Subject != subject.ClientID {
+	if subject.subjectIsUser() {
 		user = &tokenUser{ID: subject.Subject}
 	}
 	at, err := s.signAccessToken(c, accessSpec{subject: subject.Subject, user: user, scopes: scopes, audiences: auds,

@@ -49,7 +49,7 @@ func TestTokenExchange(t *testing.T) {
 		t1c := f.claims(resp.str("access_token"))
 		if t1c.Subject != u.ID || t1c.ClientID != backend.reg.ID || t1c.Scope != "read" || !slices.Equal(t1c.Audience, []string{tkAPI1}) ||
 			t1c.Act == nil || t1c.Act.Subject != backend.reg.ID || t1c.Act.Act != nil || t1c.Expiry > t0c.Expiry || t1c.AuthTime != t0c.AuthTime ||
-			t1c.Cnf != nil {
+			t1c.Cnf != nil || t1c.SubjectType != subjectTypeUser {
 			t.Errorf("exchanged token %+v act %+v", t1c, t1c.Act)
 		}
 		if resp.str("issued_token_type") != TokenTypeAccessToken || resp.str("refresh_token") != "" || resp.str("token_type") != "Bearer" {
@@ -65,7 +65,7 @@ func TestTokenExchange(t *testing.T) {
 		t2 := f.mustToken(tokReq{client: backend, form: exchangeForm(t0, "audience", "svc-backend-2", "scope", "read")}).str("access_token")
 		t3c := f.claims(f.mustToken(tokReq{client: backend2, form: exchangeForm(t2, "resource", tkAPI3)}).str("access_token"))
 		if t3c.Subject != u.ID || t3c.Act == nil || t3c.Act.Subject != backend2.reg.ID || t3c.Act.Act == nil ||
-			t3c.Act.Act.Subject != backend.reg.ID || t3c.Act.Act.Act != nil {
+			t3c.Act.Act.Subject != backend.reg.ID || t3c.Act.Act.Act != nil || t3c.SubjectType != subjectTypeUser {
 			t.Errorf("chained token act %+v", t3c.Act)
 		}
 
@@ -73,6 +73,21 @@ func TestTokenExchange(t *testing.T) {
 		own := f.mustToken(tokReq{client: backend, form: url.Values{"grant_type": {GrantClientCredentials}}}).str("access_token")
 		foreign := f.mustToken(tokReq{client: stranger, form: url.Values{"grant_type": {GrantClientCredentials}}}).str("access_token")
 		f.mustToken(tokReq{client: backend, form: exchangeForm(t0, "actor_token", own, "actor_token_type", TokenTypeAccessToken)})
+
+		// Another client's own token (client credentials, for the backend)
+		// exchanged: its subject stays a client, though the acting client's
+		// id is no longer the subject — without subject_type a service
+		// would take the client for a user.
+		ccTok, err := f.env.srv.keys.sign(TypAccessToken, atClaims{Issuer: f.env.url, Subject: front.reg.ID, ClientID: front.reg.ID,
+			Audience: audienceList{backend.reg.ID}, Expiry: f.env.clock.Now().Add(time.Minute).Unix(), IssuedAt: f.env.clock.Now().Unix(),
+			JTI: newID("at"), Scope: "read"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		byClient := f.claims(f.mustToken(tokReq{client: backend, form: exchangeForm(ccTok)}).str("access_token"))
+		if byClient.Subject != front.reg.ID || byClient.SubjectType != subjectTypeClient || byClient.subjectIsUser() {
+			t.Errorf("exchanged client token %+v", byClient)
+		}
 
 		// A token the client may have via may_act.
 		mayAct, err := f.env.srv.keys.sign(TypAccessToken, atClaims{Issuer: f.env.url, Subject: u.ID, Audience: audienceList{tkAPI2},
@@ -114,8 +129,8 @@ func TestTokenExchange(t *testing.T) {
 				f.wantError(f.post(tokReq{client: tc.client, form: tc.form, signer: signer}), tc.code)
 			})
 		}
-		if got := f.env.countEvents(classAuthentication, actServiceTicket, audit.StatusSuccess); got != 6 {
-			t.Errorf("%d exchanges audited, want 6", got)
+		if got := f.env.countEvents(classAuthentication, actServiceTicket, audit.StatusSuccess); got != 7 {
+			t.Errorf("%d exchanges audited, want 7", got)
 		}
 
 		// The lifetime never exceeds the subject token's.

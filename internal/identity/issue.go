@@ -33,6 +33,25 @@ type atClaims struct {
 	Cnf       *cnfClaim    `json:"cnf,omitempty"`
 	Act       *actClaim    `json:"act,omitempty"`
 	MayAct    *actClaim    `json:"may_act,omitempty"`
+	// SubjectType is "user" or "client" in a token obtained by token
+	// exchange, whose client_id is the acting client and so no longer tells
+	// whether sub is a user; other tokens leave it out (sub is a user when
+	// it is not the client_id).
+	SubjectType string `json:"subject_type,omitempty"`
+}
+
+// Subject types of exchanged tokens (atClaims.SubjectType).
+const (
+	subjectTypeUser   = "user"
+	subjectTypeClient = "client"
+)
+
+// subjectIsUser reports whether the token's subject is a user.
+func (c *atClaims) subjectIsUser() bool {
+	if c.Act != nil {
+		return c.SubjectType == subjectTypeUser
+	}
+	return c.Subject != c.ClientID
 }
 
 // cnfClaim is the confirmation of a sender-constrained token: the DPoP
@@ -185,6 +204,12 @@ func (s *Server) signAccessToken(client *Client, spec accessSpec) (*issuedAccess
 		Scope:     joinScope(spec.scopes),
 		AuthTime:  spec.authTime,
 		Act:       spec.act,
+	}
+	if spec.act != nil {
+		c.SubjectType = subjectTypeClient
+		if spec.user != nil {
+			c.SubjectType = subjectTypeUser
+		}
 	}
 	if !spec.cnf.empty() {
 		c.Cnf = spec.cnf

@@ -64,6 +64,22 @@ func (p *Principal) HasScope(scope string) bool {
 	return p != nil && slices.Contains(p.Scopes, scope)
 }
 
+// IsUser reports whether the token speaks for a user rather than for a
+// client acting on its own behalf. A token obtained by token exchange (it
+// has an act claim) carries its subject's type in subject_type, because its
+// client_id is then the acting client; any other token's subject is a user
+// when it is not its client_id (a client-credentials token has sub =
+// client_id).
+func (p *Principal) IsUser() bool {
+	if p == nil || p.Subject == "" {
+		return false
+	}
+	if p.Actor != nil {
+		return p.Claims["subject_type"] == "user"
+	}
+	return p.Subject != p.ClientID
+}
+
 type principalKey struct{}
 
 // NewContext returns a copy of ctx that carries p.
