@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"log/slog"
@@ -23,6 +24,15 @@ const (
 type APIConfig struct {
 	MaxBatchEvents  int   // default 1000
 	MaxRequestBytes int64 // default 8 MiB
+	// AppendAuth, if set, authenticates POST /v1/audit/events instead of
+	// Register's auth: the control plane lets enforcement points (agents,
+	// gateways) with an X.509-SVID append their security events.
+	AppendAuth func(http.Handler) http.Handler
+	// Reporter, if set, names the authenticated workload that appends, or
+	// "" for an operator; each event it appends gets unmapped.reported_by
+	// set to that name, overwriting any value the event carried, so a reader
+	// knows which workload vouched for it.
+	Reporter func(ctx context.Context) string
 }
 
 // maxEntriesPage is the most entries one GET /v1/audit/entries returns.
@@ -57,7 +67,11 @@ func NewAPI(l *Log, cfg APIConfig, logger *slog.Logger) (*API, error) {
 // forcing a checkpoint. Checkpoints, hash tiles and proofs hold only hashes
 // and are public, so that witnesses and tile clients can follow the log.
 func (a *API) Register(mux *http.ServeMux, auth func(http.Handler) http.Handler) {
-	mux.Handle("POST /v1/audit/events", auth(http.HandlerFunc(a.appendEvents)))
+	appendAuth := auth
+	if a.cfg.AppendAuth != nil {
+		appendAuth = a.cfg.AppendAuth
+	}
+	mux.Handle("POST /v1/audit/events", appendAuth(http.HandlerFunc(a.appendEvents)))
 	mux.Handle("GET /v1/audit/entries", auth(http.HandlerFunc(a.entries)))
 	mux.Handle("GET /v1/audit/blobs/{sha256}", auth(http.HandlerFunc(a.blob)))
 	mux.Handle("POST /v1/audit/checkpoint", auth(http.HandlerFunc(a.issueCheckpoint)))
@@ -131,6 +145,16 @@ func (a *API) appendEvents(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		events[i] = e
+	}
+	if a.cfg.Reporter != nil {
+		if who := a.cfg.Reporter(r.Context()); who != "" {
+			for _, e := range events {
+				if e.Unmapped == nil {
+					e.Unmapped = map[string]any{}
+				}
+				e.Unmapped["reported_by"] = who
+			}
+		}
 	}
 	res, err := a.log.Append(r.Context(), events)
 	if err != nil {

@@ -30,6 +30,7 @@ import (
 	"github.com/bulwarksec/bulwark/internal/ca"
 	"github.com/bulwarksec/bulwark/internal/config"
 	"github.com/bulwarksec/bulwark/internal/devinfo"
+	"github.com/bulwarksec/bulwark/internal/directory"
 	"github.com/bulwarksec/bulwark/internal/httpapi"
 	"github.com/bulwarksec/bulwark/internal/identity"
 	"github.com/bulwarksec/bulwark/internal/keys"
@@ -56,6 +57,8 @@ type Server struct {
 	http     *http.Server
 
 	policyRepo       *policy.Repository
+	directory        *directory.Directory
+	metrics          *prometheus.Registry
 	decisions        *policy.DecisionService
 	extAuthz         *grpc.Server // nil when policy.ext_authz_listen is empty
 	extAuthzListener net.Listener
@@ -115,6 +118,7 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *Serve
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	s.metrics = reg
 
 	auth, err := adminauth.New(db, logger, reg)
 	if err != nil {
@@ -146,8 +150,17 @@ func New(ctx context.Context, cfg *config.Config, logger *slog.Logger) (_ *Serve
 	s.stopLogRun, s.logDone = stopLog, make(chan struct{})
 	go func() { s.logErr = s.audit.Run(logCtx); close(s.logDone) }()
 
+	// Enforcement points (agents, gateways) append their security events
+	// with their X.509-SVID; each event records which workload reported it.
 	api, err := audit.NewAPI(s.audit, audit.APIConfig{
 		MaxBatchEvents: cfg.Audit.MaxBatchEvents, MaxRequestBytes: int64(cfg.Audit.MaxRequestBytes),
+		AppendAuth: s.requireEnforcementPoint(auth.Require),
+		Reporter: func(ctx context.Context) string {
+			if c, ok := policy.CallerFrom(ctx); ok && c.Kind == "workload" {
+				return c.ID
+			}
+			return ""
+		},
 	}, logger)
 	if err != nil {
 		return nil, err

@@ -50,6 +50,7 @@ func (s *Server) buildPolicy(ctx context.Context, mux *http.ServeMux, ks *keys.S
 		return fmt.Errorf("service directory: %w", err)
 	}
 	dir.Register(mux, admin, pep)
+	s.directory = dir
 
 	ds, err := policy.NewDecisionService(policy.DecisionConfig{
 		BaseURL:             s.URL(),
@@ -203,6 +204,13 @@ func wrapErr(what string, err error) error {
 
 // PolicyRepository returns the policy store.
 func (s *Server) PolicyRepository() *policy.Repository { return s.policyRepo }
+
+// Metrics returns the registry served at /metrics, for components that run
+// in the control plane's process (bulwark dev's gateway and mesh proxy).
+func (s *Server) Metrics() prometheus.Registerer { return s.metrics }
+
+// Directory returns the service directory.
+func (s *Server) Directory() *directory.Directory { return s.directory }
 
 // DecisionService returns the AuthZEN / ext_authz decision service.
 func (s *Server) DecisionService() *policy.DecisionService { return s.decisions }

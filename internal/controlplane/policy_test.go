@@ -472,6 +472,9 @@ func TestEnforcementPointAuthentication(t *testing.T) {
 		{"forged SVID fetches the bundle", &forged, "", "/v1/policy/bundle", http.StatusUnauthorized},
 		{"nothing", nil, "", "/access/v1/evaluation", http.StatusUnauthorized},
 		{"wrong bearer", nil, "bwk_forged", "/v1/policy/bundle", http.StatusUnauthorized},
+		{"SVID appends an audit event", &good, "", "/v1/audit/events", http.StatusCreated},
+		{"forged SVID appends an audit event", &forged, "", "/v1/audit/events", http.StatusUnauthorized},
+		{"nothing appends an audit event", nil, "", "/v1/audit/events", http.StatusUnauthorized},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			tlsCfg := &tls.Config{RootCAs: roots}
@@ -480,8 +483,13 @@ func TestEnforcementPointAuthentication(t *testing.T) {
 			}
 			hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsCfg}}
 			method, rd := http.MethodGet, io.Reader(nil)
-			if strings.HasPrefix(tc.path, "/access/") {
+			switch {
+			case strings.HasPrefix(tc.path, "/access/"):
 				method, rd = http.MethodPost, strings.NewReader(body)
+			case tc.path == "/v1/audit/events":
+				// The event claims another reporter; the server overwrites it.
+				method, rd = http.MethodPost, strings.NewReader(`{"events":[{"class_uid":6003,"activity_id":1,"status_id":2,`+
+					`"status_detail":"denied by policy","unmapped":{"reported_by":"spiffe://bulwark.local/ns/bank/sa/ledger"}}]}`)
 			}
 			req, err := http.NewRequest(method, srv.URL()+tc.path, rd)
 			if err != nil {
@@ -517,14 +525,23 @@ func TestEnforcementPointAuthentication(t *testing.T) {
 	}
 
 	// Both forged attempts and the gRPC one are in the audit trail.
-	refused := 0
+	refused, reported := 0, 0
 	for _, ev := range audittest.Events(t, srv.AuditLog()) {
 		if ev.ClassUID == 3002 && ev.StatusID == audit.StatusFailure && strings.HasPrefix(ev.StatusDetail, "enforcement point refused") {
 			refused++
 		}
+		if ev.ClassUID == 6003 && ev.StatusDetail == "denied by policy" {
+			reported++
+			if got := ev.Unmapped["reported_by"]; got != gateway {
+				t.Errorf("an event appended with the gateway's SVID has reported_by %v", got)
+			}
+		}
 	}
-	if refused < 3 {
-		t.Fatalf("%d refused enforcement points audited, want at least 3", refused)
+	if refused < 4 {
+		t.Fatalf("%d refused enforcement points audited, want at least 4", refused)
+	}
+	if reported != 1 {
+		t.Fatalf("%d events appended with an SVID, want 1", reported)
 	}
 }
 
