@@ -55,6 +55,8 @@ type Config struct {
 	CA CA `yaml:"ca"`
 	// Agent configures `bulwark agent`.
 	Agent Agent `yaml:"agent"`
+	// Gateway configures `bulwark gateway`.
+	Gateway Gateway `yaml:"gateway"`
 	// Policy configures the Cedar policy store, the decision service and
 	// the signed policy bundles.
 	Policy Policy `yaml:"policy"`
@@ -233,6 +235,82 @@ type Agent struct {
 	// SocketPath is the unix socket of the Workload API. Default empty,
 	// which means <data_dir>/agent/workload.sock.
 	SocketPath string `yaml:"socket_path"`
+	// ProxyFile is the YAML file naming the local services whose mTLS
+	// proxy (inbound and outbound) the agent runs (see docs/mesh.md).
+	// Default empty: the agent runs no proxy.
+	ProxyFile string `yaml:"proxy_file"`
+	// SpoolDir holds the durable spool of the proxy's audit events on
+	// their way to the control plane. Default empty, which means
+	// <data_dir>/agent/spool.
+	SpoolDir string `yaml:"spool_dir"`
+	// PolicyMaxStaleness is how long the proxy keeps deciding with its last
+	// policy bundle while the control plane is unreachable; after it every
+	// request is denied. Default 10m, range 10s..24h.
+	PolicyMaxStaleness Duration `yaml:"policy_max_staleness"`
+}
+
+// Gateway configures `bulwark gateway`, the edge API gateway: its listener,
+// how it reaches the control plane, and the credentials of its token
+// exchange. Routes, rate limits and per-route controls are in RoutesFile.
+type Gateway struct {
+	// Listen is the host:port of the gateway's HTTPS listener. Default
+	// "127.0.0.1:8444".
+	Listen string `yaml:"listen"`
+	// PublicURL is the https URL clients use to reach the gateway; DPoP
+	// proofs must name it (htu). Default empty, which means https:// and
+	// the request's Host.
+	PublicURL string `yaml:"public_url"`
+	// RoutesFile is the YAML file of routes, rate limits and per-route
+	// controls (see docs/gateway.md). Required by bulwark gateway.
+	RoutesFile string `yaml:"routes_file"`
+	// CertFile and KeyFile are the PEM certificate and key of the
+	// listener. Default empty: the gateway serves its X.509-SVID.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// ServerURL is the control plane's https URL. Default
+	// "https://127.0.0.1:8443".
+	ServerURL string `yaml:"server_url"`
+	// ServerCAFile is the PEM CA bundle that verifies the control plane's
+	// TLS certificate. Default empty: the system roots.
+	ServerCAFile string `yaml:"server_ca_file"`
+	// WorkloadAPISocket is the unix socket of the agent's Workload API,
+	// where the gateway gets its X.509-SVID. Default empty, which means
+	// agent.socket_path.
+	WorkloadAPISocket string `yaml:"workload_api_socket"`
+	// Issuer is the authorization server whose access tokens the gateway
+	// accepts. Default empty, which means server_url.
+	Issuer string `yaml:"issuer"`
+	// Audience is the aud that external access tokens must carry. Default
+	// "bank-api".
+	Audience string `yaml:"audience"`
+	// ExchangeClientID is the gateway's OAuth client for token exchange
+	// (RFC 8693). Default "bank-api": external tokens name it in aud.
+	ExchangeClientID string `yaml:"exchange_client_id"`
+	// ExchangeKeyFile is the PEM private key (PKCS #8) of that client,
+	// which authenticates with private_key_jwt. Required by bulwark
+	// gateway.
+	ExchangeKeyFile string `yaml:"exchange_key_file"`
+	// RedisAddr is the host:port of the Redis that holds the rate limits
+	// shared by several gateway replicas. Default empty: limits are local
+	// to each replica.
+	RedisAddr string `yaml:"redis_addr"`
+	// OTLPEndpoint is the OpenTelemetry collector's OTLP/HTTP traces URL
+	// ("https://collector:4318/v1/traces"); the gateway exports a span per
+	// request there, with its security context and never a token. Default
+	// empty: spans are not exported.
+	OTLPEndpoint string `yaml:"otlp_endpoint"`
+	// MetricsListen is the host:port of a plain-HTTP listener serving the
+	// gateway's Prometheus metrics at /metrics (keep it on loopback or a
+	// management network). Default empty: not served.
+	MetricsListen string `yaml:"metrics_listen"`
+	// SpoolDir holds the durable spool of the gateway's audit events on
+	// their way to the control plane. Default empty, which means
+	// <data_dir>/gateway/spool.
+	SpoolDir string `yaml:"spool_dir"`
+	// PolicyMaxStaleness is how long the gateway keeps deciding with its
+	// last policy bundle while the control plane is unreachable; after it
+	// every request is denied. Default 10m, range 10s..24h.
+	PolicyMaxStaleness Duration `yaml:"policy_max_staleness"`
 }
 
 // Policy configures the Cedar policy store, the decision service (OpenID
@@ -331,7 +409,15 @@ func Default() Config {
 			JoinTokenTTL:    Duration(10 * time.Minute),
 		},
 		Agent: Agent{
-			ServerURL: "https://127.0.0.1:8443",
+			ServerURL:          "https://127.0.0.1:8443",
+			PolicyMaxStaleness: Duration(10 * time.Minute),
+		},
+		Gateway: Gateway{
+			Listen:             "127.0.0.1:8444",
+			ServerURL:          "https://127.0.0.1:8443",
+			Audience:           "bank-api",
+			ExchangeClientID:   "bank-api",
+			PolicyMaxStaleness: Duration(10 * time.Minute),
 		},
 		Policy: Policy{
 			BundleTTL:           Duration(time.Hour),
@@ -357,6 +443,15 @@ func (c *Config) ResolvePaths() {
 	}
 	if c.Agent.SocketPath == "" {
 		c.Agent.SocketPath = filepath.Join(c.DataDir, "agent", "workload.sock")
+	}
+	if c.Agent.SpoolDir == "" {
+		c.Agent.SpoolDir = filepath.Join(c.DataDir, "agent", "spool")
+	}
+	if c.Gateway.SpoolDir == "" {
+		c.Gateway.SpoolDir = filepath.Join(c.DataDir, "gateway", "spool")
+	}
+	if c.Gateway.WorkloadAPISocket == "" {
+		c.Gateway.WorkloadAPISocket = c.Agent.SocketPath
 	}
 	if c.Policy.DecisionLog.SpoolDir == "" {
 		c.Policy.DecisionLog.SpoolDir = filepath.Join(c.DataDir, "decision-spool")

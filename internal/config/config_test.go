@@ -91,6 +91,9 @@ func TestParseEmpty(t *testing.T) {
 	want.Store.Path = filepath.Join("/var/lib/bulwark", "bulwark.db")
 	want.Agent.SocketPath = filepath.Join("/var/lib/bulwark", "agent", "workload.sock")
 	want.Policy.DecisionLog.SpoolDir = filepath.Join("/var/lib/bulwark", "decision-spool")
+	want.Agent.SpoolDir = filepath.Join("/var/lib/bulwark", "agent", "spool")
+	want.Gateway.SpoolDir = filepath.Join("/var/lib/bulwark", "gateway", "spool")
+	want.Gateway.WorkloadAPISocket = want.Agent.SocketPath
 	for _, tc := range []struct{ name, yaml string }{
 		{"nothing", ""},
 		{"comments only", "# nothing here\n\n"},

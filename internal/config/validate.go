@@ -23,6 +23,7 @@ func (c *Config) Validate() error {
 	c.Identity.validate(&v)
 	c.CA.validate(&v)
 	c.Agent.validate(&v)
+	c.Gateway.validate(&v)
 	c.Policy.validate(&v)
 	v.oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 	v.oneOf("log.format", c.Log.Format, "json", "text")
@@ -139,6 +140,60 @@ func (a *Agent) validate(v *validator) {
 	v.path("agent.socket_path", a.SocketPath, false)
 	if len(a.SocketPath) > 100 {
 		v.fail("agent.socket_path", "must be at most 100 bytes (the limit of a unix socket path), got %d", len(a.SocketPath))
+	}
+	v.path("agent.proxy_file", a.ProxyFile, false)
+	v.path("agent.spool_dir", a.SpoolDir, false)
+	v.durationRange("agent.policy_max_staleness", a.PolicyMaxStaleness, 10*time.Second, 24*time.Hour)
+}
+
+func (g *Gateway) validate(v *validator) {
+	v.listen("gateway.listen", g.Listen)
+	if g.PublicURL != "" {
+		v.httpsURL("gateway.public_url", g.PublicURL)
+	}
+	v.path("gateway.routes_file", g.RoutesFile, false)
+	v.path("gateway.cert_file", g.CertFile, false)
+	v.path("gateway.key_file", g.KeyFile, false)
+	if (g.CertFile == "") != (g.KeyFile == "") {
+		v.fail("gateway.cert_file", "set both gateway.cert_file and gateway.key_file, or neither to serve the X.509-SVID")
+	}
+	v.httpsURL("gateway.server_url", g.ServerURL)
+	v.path("gateway.server_ca_file", g.ServerCAFile, false)
+	v.path("gateway.workload_api_socket", g.WorkloadAPISocket, false)
+	if len(g.WorkloadAPISocket) > 100 {
+		v.fail("gateway.workload_api_socket", "must be at most 100 bytes (the limit of a unix socket path), got %d", len(g.WorkloadAPISocket))
+	}
+	if g.Issuer != "" {
+		v.httpsURL("gateway.issuer", g.Issuer)
+	}
+	if strings.TrimSpace(g.Audience) == "" {
+		v.fail("gateway.audience", "must not be empty")
+	}
+	if strings.TrimSpace(g.ExchangeClientID) == "" {
+		v.fail("gateway.exchange_client_id", "must not be empty")
+	}
+	v.path("gateway.exchange_key_file", g.ExchangeKeyFile, false)
+	if g.RedisAddr != "" {
+		if _, _, err := net.SplitHostPort(g.RedisAddr); err != nil {
+			v.fail("gateway.redis_addr", "must be host:port, got %s", quote(g.RedisAddr))
+		}
+	}
+	if g.OTLPEndpoint != "" {
+		if u, err := url.Parse(g.OTLPEndpoint); err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || u.User != nil {
+			v.fail("gateway.otlp_endpoint", "must be an http or https URL such as \"https://collector:4318/v1/traces\", got %s", quote(g.OTLPEndpoint))
+		}
+	}
+	if g.MetricsListen != "" {
+		v.listen("gateway.metrics_listen", g.MetricsListen)
+	}
+	v.path("gateway.spool_dir", g.SpoolDir, false)
+	v.durationRange("gateway.policy_max_staleness", g.PolicyMaxStaleness, 10*time.Second, 24*time.Hour)
+}
+
+// httpsURL checks that s is an https URL with a host and no credentials.
+func (v *validator) httpsURL(key, s string) {
+	if u, err := url.Parse(s); err != nil || u.Scheme != "https" || u.Host == "" || u.User != nil {
+		v.fail(key, "must be an https URL such as \"https://host:8443\", got %s", quote(s))
 	}
 }
 
