@@ -3,6 +3,8 @@ package cli
 import (
 	"context"
 	"fmt"
+	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -10,6 +12,8 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+
+	"github.com/bulwarksec/bulwark/sdk/peer"
 )
 
 // agentConfigFile writes an agent configuration for the control plane of e.
@@ -138,4 +142,120 @@ func TestAgentCommandErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// freeAddr returns a loopback address nobody listens on.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// TestAgentCommandRunsProxy: with agent.proxy_file, `bulwark agent` serves
+// the local service's outbound once it is ready, and stops cleanly when its
+// context ends (SIGTERM).
+func TestAgentCommandRunsProxy(t *testing.T) {
+	t.Parallel()
+	e := newCPEnv(t)
+	token, _, _, err := e.srv.CA().CreateJoinToken(context.Background(), "node-proxy", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.MkdirTemp("", "bwp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	key, err := peer.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyFile := filepath.Join(dir, "payments.peer.key")
+	if err := os.WriteFile(keyFile, peer.EncodeKey(key), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	outbound := freeAddr(t)
+	proxyFile := filepath.Join(dir, "proxy.yaml")
+	proxy := fmt.Sprintf("outbound_listen: %s\nservices:\n  - name: payments\n    id: spiffe://%s/ns/bank/sa/payments\n    listen: %s\n    upstream: http://127.0.0.1:1\n    peer_key_file: %s\n",
+		outbound, e.srv.CA().TrustDomain(), freeAddr(t), keyFile)
+	if err := os.WriteFile(proxyFile, []byte(proxy), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfgPath := agentConfigFile(t, e, filepath.Join(dir, "data"), filepath.Join(dir, "agent.sock"))
+	f, err := os.OpenFile(cfgPath, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(f, "  proxy_file: %s\n", proxyFile)
+	f.Close()
+	tokenFile := filepath.Join(dir, "token")
+	if err := os.WriteFile(tokenFile, []byte(token+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+
+	var out syncBuffer
+	cmd := newAgentCommand()
+	cmd.SetArgs([]string{"--config", cfgPath, "--join-token-file", tokenFile})
+	cmd.SetOut(&out)
+	cmd.SetErr(&out)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- cmd.ExecuteContext(ctx) }()
+	hc := &http.Client{Timeout: 5 * time.Second}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		select {
+		case err := <-done:
+			t.Fatalf("bulwark agent stopped: %v\n%s", err, out.String())
+		default:
+		}
+		// The outbound answers once the proxy runs: ledger is not in the
+		// directory, so 404.
+		resp, err := hc.Get("http://" + outbound + "/ledger/x")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusNotFound {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("proxy not serving (%v)\n%s", err, out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("bulwark agent: %v\n%s", err, out.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("bulwark agent did not stop")
+	}
+	if strings.Contains(out.String(), token) {
+		t.Fatal("the agent logged its join token")
+	}
+	if _, err := net.DialTimeout("tcp", outbound, time.Second); err == nil {
+		t.Fatal("the outbound still listens after the agent stopped")
+	}
+
+	t.Run("bad proxy file", func(t *testing.T) {
+		if err := os.WriteFile(proxyFile, []byte("services: []\nbogus: 1\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cmd := newAgentCommand()
+		cmd.SetArgs([]string{"--config", cfgPath})
+		cmd.SetOut(&out)
+		cmd.SetErr(&out)
+		err := cmd.ExecuteContext(context.Background())
+		if err == nil || !strings.Contains(err.Error(), "agent.proxy_file") || !strings.Contains(err.Error(), "bogus") {
+			t.Fatalf("err = %v, want one naming agent.proxy_file and the key", err)
+		}
+	})
 }

@@ -9,7 +9,14 @@
 // Both fail closed: a decider that refuses (no policy bundle, a stale one) denies,
 // and a resolver that fails makes the outbound answer 503, never guess a
 // destination. The identity headers X-Bulwark-* are the agent's: any sent by a
-// caller is removed before the agent sets its own.
+// caller is removed before the agent sets its own, and the inbound signs them
+// with the key it shares with the service (sdk/peer), so that the service can
+// refuse a request that bypassed the agent. The inbound verifies the internal
+// token a request carries (when given a TokenVerifier) and never passes
+// Authorization on. Both ends keep or create the request's X-Request-ID and
+// W3C traceparent (internal/correlation), which the audit hooks OnDenied and
+// OnAllowed receive. The outbound always presents its source's current SVID:
+// after a rotation it drops the connections made with the old one.
 package mesh
 
 import (

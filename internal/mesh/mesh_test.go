@@ -1,6 +1,7 @@
 package mesh_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -23,6 +24,7 @@ import (
 	"github.com/bulwarksec/bulwark/internal/mesh"
 	"github.com/bulwarksec/bulwark/sdk/authz"
 	"github.com/bulwarksec/bulwark/sdk/mtls"
+	"github.com/bulwarksec/bulwark/sdk/peer"
 )
 
 const (
@@ -90,12 +92,17 @@ func (r staticResolver) Resolve(_ context.Context, name string) (spiffeid.ID, []
 	return e.id, e.endpoints, nil
 }
 
+// testPeerKey is the sdk/peer key the agent shares with the echo service.
+var testPeerKey = bytes.Repeat([]byte{7}, peer.KeySize)
+
 // echoed is what the echo service saw.
 type echoed struct {
 	Path    string      `json:"path"`
 	Query   string      `json:"query"`
 	Headers http.Header `json:"headers"`
 	Body    string      `json:"body"`
+	// PeerErr is what sdk/peer.Verify said of the agent's signature.
+	PeerErr string `json:"peer_err"`
 }
 
 // echo is the local service behind ledger's agent.
@@ -110,8 +117,12 @@ func newEcho(t testing.TB) *echo {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		e.hits.Add(1)
 		body, _ := io.ReadAll(r.Body)
+		peerErr := ""
+		if _, err := peer.Verify(r.Header, testPeerKey, r.Method, r.URL.RequestURI(), time.Now()); err != nil {
+			peerErr = err.Error()
+		}
 		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(echoed{Path: r.URL.Path, Query: r.URL.RawQuery, Headers: r.Header, Body: string(body)})
+		_ = json.NewEncoder(w).Encode(echoed{Path: r.URL.Path, Query: r.URL.RawQuery, Headers: r.Header, Body: string(body), PeerErr: peerErr})
 	}))
 	t.Cleanup(srv.Close)
 	e.url = srv.URL
@@ -173,6 +184,7 @@ func newInbound(t testing.TB, ca *testCA, e *echo, d mesh.Decider, den *denials)
 	in, err := mesh.NewInbound(mesh.InboundConfig{
 		Upstream: e.url,
 		Self:     spiffeid.RequireFromString(ledgerID),
+		PeerKey:  testPeerKey,
 	}, mesh.InboundDeps{Source: ca.source(t, ledgerID), Decider: d, OnDenied: den.add})
 	if err != nil {
 		t.Fatal(err)
@@ -300,8 +312,11 @@ func TestOutboundToInbound(t *testing.T) {
 			if got := e.Headers.Get(mesh.HeaderDecisionReasons); got != policyPermit {
 				t.Errorf("reasons header %q, want %q", got, policyPermit)
 			}
+			if e.PeerErr != "" {
+				t.Errorf("the agent's signature does not verify: %s", e.PeerErr)
+			}
 			for k := range e.Headers {
-				if strings.HasPrefix(k, "X-Bulwark-") && k != "X-Bulwark-Peer-Id" && k != "X-Bulwark-Decision-Reasons" {
+				if strings.HasPrefix(k, "X-Bulwark-") && k != "X-Bulwark-Peer-Id" && k != "X-Bulwark-Decision-Reasons" && k != "X-Bulwark-Signature" {
 					t.Errorf("client header %s reached the service", k)
 				}
 				if strings.HasPrefix(k, "X-Forwarded-") {
@@ -399,7 +414,7 @@ func TestInboundRefusingDecider(t *testing.T) {
 	ca, e, den := newCA(t, tdName), newEcho(t), &denials{}
 	var clock clocktest.Clock
 	clock.Advance(48 * time.Hour)
-	in, err := mesh.NewInbound(mesh.InboundConfig{Upstream: e.url, Self: spiffeid.RequireFromString(ledgerID)},
+	in, err := mesh.NewInbound(mesh.InboundConfig{Upstream: e.url, Self: spiffeid.RequireFromString(ledgerID), PeerKey: testPeerKey},
 		mesh.InboundDeps{Source: ca.source(t, ledgerID), Decider: refusingDecider{}, OnDenied: den.add, Now: clock.Now})
 	if err != nil {
 		t.Fatal(err)
@@ -450,16 +465,18 @@ func TestConfigValidation(t *testing.T) {
 		deps mesh.InboundDeps
 		ok   bool
 	}{
-		{name: "valid", cfg: mesh.InboundConfig{Upstream: "http://127.0.0.1:8081", Self: self}, deps: mesh.InboundDeps{Source: src, Decider: ev}, ok: true},
-		{name: "localhost", cfg: mesh.InboundConfig{Upstream: "http://localhost:8081", Self: self}, deps: mesh.InboundDeps{Source: src, Decider: ev}, ok: true},
-		{name: "non-loopback upstream", cfg: mesh.InboundConfig{Upstream: "http://10.0.0.5:8081", Self: self}, deps: mesh.InboundDeps{Source: src, Decider: ev}},
-		{name: "upstream by name", cfg: mesh.InboundConfig{Upstream: "http://ledger.internal:8081", Self: self}, deps: mesh.InboundDeps{Source: src, Decider: ev}},
-		{name: "upstream with path", cfg: mesh.InboundConfig{Upstream: "http://127.0.0.1:8081/api", Self: self}, deps: mesh.InboundDeps{Source: src, Decider: ev}},
-		{name: "https upstream", cfg: mesh.InboundConfig{Upstream: "https://127.0.0.1:8081", Self: self}, deps: mesh.InboundDeps{Source: src, Decider: ev}},
-		{name: "no self", cfg: mesh.InboundConfig{Upstream: "http://127.0.0.1:8081"}, deps: mesh.InboundDeps{Source: src, Decider: ev}},
-		{name: "no decider", cfg: mesh.InboundConfig{Upstream: "http://127.0.0.1:8081", Self: self}, deps: mesh.InboundDeps{Source: src}},
-		{name: "no source", cfg: mesh.InboundConfig{Upstream: "http://127.0.0.1:8081", Self: self}, deps: mesh.InboundDeps{Decider: ev}},
-		{name: "negative timeout", cfg: mesh.InboundConfig{Upstream: "http://127.0.0.1:8081", Self: self, Timeouts: mesh.Timeouts{Read: -1}}, deps: mesh.InboundDeps{Source: src, Decider: ev}},
+		{name: "valid", cfg: mesh.InboundConfig{Upstream: "http://127.0.0.1:8081", Self: self, PeerKey: testPeerKey}, deps: mesh.InboundDeps{Source: src, Decider: ev}, ok: true},
+		{name: "localhost", cfg: mesh.InboundConfig{Upstream: "http://localhost:8081", Self: self, PeerKey: testPeerKey}, deps: mesh.InboundDeps{Source: src, Decider: ev}, ok: true},
+		{name: "non-loopback upstream", cfg: mesh.InboundConfig{Upstream: "http://10.0.0.5:8081", Self: self, PeerKey: testPeerKey}, deps: mesh.InboundDeps{Source: src, Decider: ev}},
+		{name: "upstream by name", cfg: mesh.InboundConfig{Upstream: "http://ledger.internal:8081", Self: self, PeerKey: testPeerKey}, deps: mesh.InboundDeps{Source: src, Decider: ev}},
+		{name: "upstream with path", cfg: mesh.InboundConfig{Upstream: "http://127.0.0.1:8081/api", Self: self, PeerKey: testPeerKey}, deps: mesh.InboundDeps{Source: src, Decider: ev}},
+		{name: "https upstream", cfg: mesh.InboundConfig{Upstream: "https://127.0.0.1:8081", Self: self, PeerKey: testPeerKey}, deps: mesh.InboundDeps{Source: src, Decider: ev}},
+		{name: "no self", cfg: mesh.InboundConfig{Upstream: "http://127.0.0.1:8081", PeerKey: testPeerKey}, deps: mesh.InboundDeps{Source: src, Decider: ev}},
+		{name: "no decider", cfg: mesh.InboundConfig{Upstream: "http://127.0.0.1:8081", Self: self, PeerKey: testPeerKey}, deps: mesh.InboundDeps{Source: src}},
+		{name: "no source", cfg: mesh.InboundConfig{Upstream: "http://127.0.0.1:8081", Self: self, PeerKey: testPeerKey}, deps: mesh.InboundDeps{Decider: ev}},
+		{name: "no peer key", cfg: mesh.InboundConfig{Upstream: "http://127.0.0.1:8081", Self: self}, deps: mesh.InboundDeps{Source: src, Decider: ev}},
+		{name: "short peer key", cfg: mesh.InboundConfig{Upstream: "http://127.0.0.1:8081", Self: self, PeerKey: testPeerKey[:16]}, deps: mesh.InboundDeps{Source: src, Decider: ev}},
+		{name: "negative timeout", cfg: mesh.InboundConfig{Upstream: "http://127.0.0.1:8081", Self: self, PeerKey: testPeerKey, Timeouts: mesh.Timeouts{Read: -1}}, deps: mesh.InboundDeps{Source: src, Decider: ev}},
 	}
 	for _, tc := range inbound {
 		t.Run("inbound/"+tc.name, func(t *testing.T) {
@@ -589,7 +606,7 @@ func BenchmarkOneHop(b *testing.B) {
 func TestOutboundPoolsAndResumes(t *testing.T) {
 	t.Parallel()
 	ca, e := newCA(t, tdName), newEcho(t)
-	in, err := mesh.NewInbound(mesh.InboundConfig{Upstream: e.url, Self: spiffeid.RequireFromString(ledgerID)},
+	in, err := mesh.NewInbound(mesh.InboundConfig{Upstream: e.url, Self: spiffeid.RequireFromString(ledgerID), PeerKey: testPeerKey},
 		mesh.InboundDeps{Source: ca.source(t, ledgerID), Decider: newEvaluator(t)})
 	if err != nil {
 		t.Fatal(err)
@@ -647,7 +664,7 @@ func TestOutboundPoolsAndResumes(t *testing.T) {
 func TestServeStopsWithContext(t *testing.T) {
 	t.Parallel()
 	ca, e := newCA(t, tdName), newEcho(t)
-	in, err := mesh.NewInbound(mesh.InboundConfig{Listen: "127.0.0.1:0", Upstream: e.url, Self: spiffeid.RequireFromString(ledgerID)},
+	in, err := mesh.NewInbound(mesh.InboundConfig{Listen: "127.0.0.1:0", Upstream: e.url, Self: spiffeid.RequireFromString(ledgerID), PeerKey: testPeerKey},
 		mesh.InboundDeps{Source: ca.source(t, ledgerID), Decider: newEvaluator(t)})
 	if err != nil {
 		t.Fatal(err)

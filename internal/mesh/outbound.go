@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/bulwarksec/bulwark/internal/correlation"
 	"github.com/bulwarksec/bulwark/internal/httpapi"
 	"github.com/bulwarksec/bulwark/sdk/mtls"
 )
@@ -58,6 +60,8 @@ type Outbound struct {
 	mu         sync.Mutex
 	transports map[spiffeid.ID]*http.Transport
 	next       atomic.Uint64
+	// current is the SVID leaf the pooled connections were made with.
+	current atomic.Pointer[x509.Certificate]
 }
 
 // maxServiceName bounds a service name (a DNS label).
@@ -210,6 +214,7 @@ func (o *Outbound) serveHTTP(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteError(w, r, logger, httpapi.Errorf(http.StatusBadRequest, httpapi.CodeInvalidRequest, "call the agent as http://<agent>/<service>/<path>"))
 		return
 	}
+	correlation.Ensure(r.Header)
 	name, rest, ok := SplitServicePath(r.URL.EscapedPath())
 	if !ok {
 		httpapi.WriteError(w, r, logger, httpapi.Errorf(http.StatusNotFound, httpapi.CodeNotFound, "no such service"))
@@ -263,11 +268,51 @@ func (o *Outbound) roundTrip(r *http.Request) (*http.Response, error) {
 	if !ok || d.id.IsZero() {
 		return nil, errors.New("no resolved destination")
 	}
+	if err := o.checkSVID(); err != nil {
+		return nil, err
+	}
 	resp, err := o.transport(d.id).RoundTrip(r)
 	if err != nil {
 		return nil, fmt.Errorf("call %s at %s: %w", d.id, d.endpoint, err)
 	}
 	return resp, nil
+}
+
+// checkSVID makes sure the pooled connections present the source's current
+// SVID: after a rotation (or a revoked SVID replaced) the pools are
+// dropped, so that no call goes out under a superseded certificate; with
+// no SVID at all (expired, quarantined) the call fails.
+func (o *Outbound) checkSVID() error {
+	sv, err := o.deps.Source.GetX509SVID()
+	if err == nil && len(sv.Certificates) == 0 {
+		err = errors.New("empty certificate chain")
+	}
+	if err != nil {
+		o.resetTransports()
+		return fmt.Errorf("no SVID to present: %w", err)
+	}
+	leaf := sv.Certificates[0]
+	prev := o.current.Load()
+	if prev == leaf {
+		return nil
+	}
+	if prev != nil && !prev.Equal(leaf) {
+		o.resetTransports()
+	}
+	o.current.Store(leaf)
+	return nil
+}
+
+// resetTransports drops every pool; connections in use finish their
+// request and are then closed when idle.
+func (o *Outbound) resetTransports() {
+	o.mu.Lock()
+	old := o.transports
+	o.transports = make(map[spiffeid.ID]*http.Transport)
+	o.mu.Unlock()
+	for _, t := range old {
+		t.CloseIdleConnections()
+	}
 }
 
 // transport returns the pool of connections to the service id.
