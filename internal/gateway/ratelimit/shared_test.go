@@ -2,11 +2,8 @@ package ratelimit
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"net"
-	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,49 +12,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/redis/go-redis/v9"
+
+	"github.com/bulwarksec/bulwark/internal/gateway/ratelimit/redistest"
 )
-
-// redisAddr is the test Redis: BULWARK_TEST_REDIS or 127.0.0.1:6379.
-func redisAddr() string {
-	if a := os.Getenv("BULWARK_TEST_REDIS"); a != "" {
-		return a
-	}
-	return "127.0.0.1:6379"
-}
-
-// newRedis returns a client of the test Redis; the test fails (never
-// skips) when Redis is unreachable.
-func newRedis(t testing.TB) *redis.Client {
-	t.Helper()
-	c := redis.NewClient(&redis.Options{Addr: redisAddr(), ContextTimeoutEnabled: true})
-	t.Cleanup(func() { _ = c.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := c.Ping(ctx).Err(); err != nil {
-		t.Fatalf("shared rate limit tests need Redis at %s (set BULWARK_TEST_REDIS to override): %v", redisAddr(), err)
-	}
-	return c
-}
-
-// testPrefix returns a random key prefix and deletes its keys at cleanup.
-func testPrefix(t testing.TB, c *redis.Client) string {
-	t.Helper()
-	b := make([]byte, 8)
-	_, _ = rand.Read(b)
-	prefix := "bulwark-test:" + hex.EncodeToString(b) + ":"
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		iter := c.Scan(ctx, 0, prefix+"*", 1000).Iterator()
-		for iter.Next(ctx) {
-			_ = c.Del(ctx, iter.Val()).Err()
-		}
-		if err := iter.Err(); err != nil {
-			t.Errorf("clean up %s*: %v", prefix, err)
-		}
-	})
-	return prefix
-}
 
 func newShared(t testing.TB, cfg SharedConfig, c redis.Scripter) *Shared {
 	t.Helper()
@@ -108,8 +65,8 @@ func TestNewSharedValidates(t *testing.T) {
 // Two gateway replicas, each with its own Redis connection pool, hammered
 // concurrently, enforce one combined limit.
 func TestSharedTwoReplicasOneLimit(t *testing.T) {
-	c1, c2 := newRedis(t), newRedis(t)
-	prefix := testPrefix(t, c1)
+	c1, c2 := redistest.New(t), redistest.New(t)
+	prefix := redistest.Prefix(t, c1)
 	limit := Limit{Rate: 200, Burst: 40}
 	var degraded atomic.Int64
 	cfg := SharedConfig{
@@ -175,13 +132,13 @@ func TestSharedTwoReplicasOneLimit(t *testing.T) {
 // share one burst, and a refused request's Retry-After is the time to the
 // next token; the key expires when the bucket is full again.
 func TestSharedSkewedClocksAndRetryAfter(t *testing.T) {
-	c := newRedis(t)
-	prefix := testPrefix(t, c)
+	c := redistest.New(t)
+	prefix := redistest.Prefix(t, c)
 	limit := Limit{Rate: 1, Burst: 2}
 	ahead := func() time.Time { return time.Now().Add(3 * time.Hour) }
 	behind := func() time.Time { return time.Now().Add(-3 * time.Hour) }
 	a := newShared(t, SharedConfig{Name: "user", Prefix: prefix, Limit: limit, Replicas: 2, Timeout: 5 * time.Second, Now: ahead}, c)
-	b := newShared(t, SharedConfig{Name: "user", Prefix: prefix, Limit: limit, Replicas: 2, Timeout: 5 * time.Second, Now: behind}, newRedis(t))
+	b := newShared(t, SharedConfig{Name: "user", Prefix: prefix, Limit: limit, Replicas: 2, Timeout: 5 * time.Second, Now: behind}, redistest.New(t))
 	ctx := context.Background()
 	key := UserKey("alice")
 
@@ -225,9 +182,9 @@ func TestSharedSkewedClocksAndRetryAfter(t *testing.T) {
 // A rate whose interval is not a whole number of microseconds keeps its
 // burst and Remaining exact.
 func TestSharedFractionalInterval(t *testing.T) {
-	c := newRedis(t)
+	c := redistest.New(t)
 	limit := Limit{Rate: 3, Burst: 3}
-	s := newShared(t, SharedConfig{Name: "frac", Prefix: testPrefix(t, c), Limit: limit, Replicas: 3, Timeout: 5 * time.Second}, c)
+	s := newShared(t, SharedConfig{Name: "frac", Prefix: redistest.Prefix(t, c), Limit: limit, Replicas: 3, Timeout: 5 * time.Second}, c)
 	for i, want := range []int{2, 1, 0} {
 		res, err := s.Allow(context.Background(), "k")
 		if err != nil || !res.Allowed || res.Remaining != want {
@@ -401,9 +358,9 @@ func (p *flakyProxy) setBroken(b bool) {
 // Redis going away mid-flight degrades to the local share; Redis coming
 // back restores the shared limit and reports recovery.
 func TestSharedDegradesAndRecovers(t *testing.T) {
-	direct := newRedis(t)
-	prefix := testPrefix(t, direct)
-	proxy := newFlakyProxy(t, redisAddr())
+	direct := redistest.New(t)
+	prefix := redistest.Prefix(t, direct)
+	proxy := newFlakyProxy(t, redistest.Addr())
 	c := redis.NewClient(&redis.Options{Addr: proxy.ln.Addr().String(), ContextTimeoutEnabled: true, MaxRetries: -1})
 	t.Cleanup(func() { _ = c.Close() })
 	clock := newManualClock()
@@ -460,8 +417,8 @@ func TestSharedCanceledContextIsAnError(t *testing.T) {
 }
 
 func BenchmarkSharedAllow(b *testing.B) {
-	c := newRedis(b)
-	prefix := testPrefix(b, c)
+	c := redistest.New(b)
+	prefix := redistest.Prefix(b, c)
 	s := newShared(b, SharedConfig{Name: "bench", Prefix: prefix, Limit: Limit{Rate: 1e6, Burst: 1000}, Replicas: 1}, c)
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
