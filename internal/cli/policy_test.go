@@ -72,7 +72,7 @@ func TestPolicyValidate(t *testing.T) {
 		wantCode   int
 		wantStdout string
 	}{
-		{"valid set", []string{"validate", bankDir}, 0, "20 policies valid\n"},
+		{"valid set", []string{"validate", bankDir}, 0, "27 policies valid\n"},
 		{"every problem with its position", []string{"validate", badDir}, 1, string(golden)},
 		{"no directory", []string{"validate"}, 2, ""},
 		{"two directories", []string{"validate", bankDir, badDir}, 2, ""},
@@ -99,7 +99,7 @@ func TestPolicyTest(t *testing.T) {
 		t.Fatalf("exit %d; stdout: %s stderr: %s", code, out, errOut)
 	}
 	if strings.Contains(out, "FAIL") || !strings.Contains(out, "PASS tellers.test.json: manager inherits teller read\n") ||
-		!strings.Contains(out, "\n62 passed, 0 failed\n") {
+		!strings.Contains(out, "\n83 passed, 0 failed\n") {
 		t.Errorf("unexpected output:\n%s", out)
 	}
 

@@ -71,8 +71,8 @@ func TestCheckDirBankIsValid(t *testing.T) {
 	for _, p := range problems {
 		t.Errorf("unexpected problem: %s", p)
 	}
-	if set.Len() != 20 {
-		t.Errorf("Len = %d, want 20", set.Len())
+	if set.Len() != 27 {
+		t.Errorf("Len = %d, want 27", set.Len())
 	}
 }
 
