@@ -37,6 +37,7 @@ func newDevCommand() *cobra.Command {
 		dataDir        string
 		listen         string
 		extAuthzListen string
+		gatewayListen  string
 		configPath     string
 	)
 	cmd := &cobra.Command{
@@ -74,6 +75,12 @@ notifications, gateway) are registered for every process of the current user.
 				cfg.Policy.ExtAuthzListen = extAuthzListen
 				if !cmd.Flags().Changed("ext-authz-listen") && strings.HasSuffix(cfg.Listen, ":0") {
 					cfg.Policy.ExtAuthzListen = "127.0.0.1:0"
+				}
+			}
+			if cmd.Flags().Changed("gateway-listen") || configPath == "" {
+				cfg.Gateway.Listen = gatewayListen
+				if !cmd.Flags().Changed("gateway-listen") && strings.HasSuffix(cfg.Listen, ":0") {
+					cfg.Gateway.Listen = "127.0.0.1:0"
 				}
 			}
 			cfg.ResolvePaths()
@@ -121,6 +128,13 @@ notifications, gateway) are registered for every process of the current user.
 				}
 				return errors.Join(err, agentErr, runErr)
 			}
+			// The demo bank, its agent's mTLS proxy and the gateway.
+			dp, err := startDevDataPlane(ctx, srv, &cfg, wl, cfg.Gateway.Listen, logger)
+			if err != nil {
+				return stop(err)
+			}
+			stopAgent := stop
+			stop = func(err error) error { return stopAgent(errors.Join(err, dp.stop())) }
 			info := devinfo.Info{
 				ControlPlaneURL:     srv.URL(),
 				AdminCredentialFile: srv.AdminCredentialPath(),
@@ -135,6 +149,9 @@ notifications, gateway) are registered for every process of the current user.
 				TrustDomain:         wl.trustDomain,
 				WorkloadAPISocket:   wl.socket,
 				AuthZENURL:          srv.AuthZENURL(),
+				GatewayURL:          dp.gatewayURL,
+				GatewayCACertFile:   dp.gatewayCAFile,
+				DemoAPIPaths:        dp.paths,
 			}
 			if addr := srv.ExtAuthzAddr(); addr != nil {
 				info.ExtAuthzAddr = addr.String()
@@ -144,16 +161,21 @@ notifications, gateway) are registered for every process of the current user.
 			}
 			printDevBanner(cmd.OutOrStdout(), info, srv.NewAdminCredential, demo.newPassword)
 			printWorkloadBanner(cmd.OutOrStdout(), info, wl)
+			printWalkthrough(cmd.OutOrStdout(), info)
 			select {
 			case err := <-runDone:
-				return errors.Join(err, wl.stop())
+				return errors.Join(err, dp.stop(), wl.stop())
+			case err := <-dp.done:
+				// A dead gateway or proxy is not what dev promises either.
+				return stop(err)
 			case err := <-wl.done:
 				// The platform without its agent is not what dev promises.
 				if err == nil && cmd.Context().Err() == nil {
 					err = errors.New("workload agent stopped")
 				}
+				dpErr := dp.stop()
 				cancel()
-				return errors.Join(err, <-runDone)
+				return errors.Join(err, dpErr, <-runDone)
 			}
 		},
 	}
@@ -161,6 +183,8 @@ notifications, gateway) are registered for every process of the current user.
 	cmd.Flags().StringVar(&listen, "listen", "127.0.0.1:8443", "control plane listen address (port 0 picks a free port)")
 	cmd.Flags().StringVar(&extAuthzListen, "ext-authz-listen", "127.0.0.1:9191",
 		"Envoy ext_authz gRPC listen address (port 0 when --listen has port 0)")
+	cmd.Flags().StringVar(&gatewayListen, "gateway-listen", "127.0.0.1:8444",
+		"the demo bank gateway's listen address (port 0 when --listen has port 0)")
 	cmd.Flags().StringVar(&configPath, "config", "", "optional YAML configuration file; --data-dir and --listen override it")
 	return cmd
 }
@@ -443,6 +467,7 @@ type devWorkload struct {
 	services    []spiffeid.ID // the demo services' SPIFFE IDs
 	done        <-chan error  // the agent's Run result
 	cancel      context.CancelFunc
+	agent       *workload.Agent
 }
 
 // stop stops the agent and returns its Run result.
@@ -527,7 +552,7 @@ func (wl *devWorkload) run(ctx context.Context, cfg workload.Config, deps worklo
 		case <-tick.C:
 		}
 	}
-	wl.socket, wl.done, wl.cancel = agent.SocketPath(), done, cancel
+	wl.socket, wl.done, wl.cancel, wl.agent = agent.SocketPath(), done, cancel, agent
 	return nil
 }
 
@@ -577,8 +602,6 @@ func printWorkloadBanner(w io.Writer, info devinfo.Info, wl *devWorkload) {
                   SHA-256 (bulwark ca entry create --selector unix:path:...)
   go-spiffe       export SPIFFE_ENDPOINT_SOCKET=unix://%s
                   then workloadapi.NewX509Source(ctx) finds the agent
-
-Press Ctrl-C to stop.
 `, info.TrustDomain, info.WorkloadAPISocket, strings.Join(names, "\n                  "), wl.selector,
 		shellQuote(info.WorkloadAPISocket))
 }

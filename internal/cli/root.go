@@ -62,6 +62,8 @@ func NewRootCommand() *cobra.Command {
 		newAgentCommand(),
 		newPolicyCommand(),
 		newServicesCommand(),
+		newLoginCommand(),
+		newGatewayCommand(),
 	)
 	return root
 }

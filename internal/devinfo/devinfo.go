@@ -52,6 +52,15 @@ type Info struct {
 	// ExtAuthzAddr is host:port of the Envoy ext_authz v3 gRPC service
 	// (mutual TLS with X.509-SVIDs).
 	ExtAuthzAddr string `json:"ext_authz_addr,omitempty"`
+	// GatewayURL is the HTTPS base URL of the edge gateway in front of the
+	// demo bank.
+	GatewayURL string `json:"gateway_url,omitempty"`
+	// GatewayCACertFile is the PEM certificate that verifies the gateway's
+	// serving certificate.
+	GatewayCACertFile string `json:"gateway_ca_cert_file,omitempty"`
+	// DemoAPIPaths are the demo bank's public API paths, served under
+	// GatewayURL.
+	DemoAPIPaths []string `json:"demo_api_paths,omitempty"`
 }
 
 // DemoUser is the demo user's name and the file holding its password.
