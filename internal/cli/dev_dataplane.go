@@ -305,6 +305,7 @@ func startDevGateway(ctx context.Context, srv *controlplane.Server, cfg *config.
 		Events:     fwd,
 		Logger:     logger,
 		Registerer: reg,
+		Denied:     wl.agent.IsDenied,
 	}, listen)
 	if err != nil {
 		return nil, err

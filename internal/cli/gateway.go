@@ -37,6 +37,7 @@ import (
 	"github.com/bulwarksec/bulwark/internal/gateway"
 	"github.com/bulwarksec/bulwark/internal/gateway/ratelimit"
 	"github.com/bulwarksec/bulwark/internal/identity"
+	"github.com/bulwarksec/bulwark/internal/workload"
 	"github.com/bulwarksec/bulwark/sdk/authn"
 	"github.com/bulwarksec/bulwark/sdk/authz"
 	"github.com/bulwarksec/bulwark/sdk/mtls"
@@ -66,7 +67,9 @@ policy bundle and the service directory from the control plane
 verifies access tokens of gateway.issuer for gateway.audience, exchanges them
 for internal tokens as OAuth client gateway.exchange_client_id (key in
 gateway.exchange_key_file), and serves the routes of gateway.routes_file on
-gateway.listen over TLS. Audit events are spooled in gateway.spool_dir; with
+gateway.listen over TLS. It follows the control plane's deny list and sends no
+request to an upstream instance whose certificate is revoked or whose SPIFFE ID
+is quarantined. Audit events are spooled in gateway.spool_dir; with
 gateway.redis_addr the rate limits are shared by every replica.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -195,11 +198,30 @@ func runGateway(ctx context.Context, cfg *config.Config, replicas int, stdout io
 		}()
 	}
 
+	// The deny list (revoked serials, quarantined SPIFFE IDs) is public: it
+	// is followed without a client certificate, verifying the control plane
+	// with the same roots.
+	denyCP, err := workload.NewControlPlane(gc.ServerURL, roots)(nil)
+	if err != nil {
+		return fmt.Errorf("gateway deny list client: %w", err)
+	}
+	denyList, err := workload.NewDenyList(denyCP, logger)
+	if err != nil {
+		return fmt.Errorf("gateway deny list: %w", err)
+	}
+
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()
 	g, gctx := errgroup.WithContext(runCtx)
 	g.Go(func() error { return decider.Run(gctx) })
 	g.Go(func() error { return fwd.Run(gctx) })
+	g.Go(func() error {
+		err := denyList.Run(gctx)
+		if c, ok := denyCP.(interface{ CloseIdleConnections() }); ok {
+			c.CloseIdleConnections()
+		}
+		return err
+	})
 	gw, addr, err := gateway.Start(gctx, gateway.Config{Routes: routes, CertFile: gc.CertFile, KeyFile: gc.KeyFile}, gateway.Deps{
 		Verifier:       verifier,
 		Decider:        decider,
@@ -211,6 +233,7 @@ func runGateway(ctx context.Context, cfg *config.Config, replicas int, stdout io
 		Logger:         logger,
 		Registerer:     reg,
 		TracerProvider: tracerProvider(tracer),
+		Denied:         denyList.IsDenied,
 	}, gc.Listen)
 	if err != nil {
 		stop()

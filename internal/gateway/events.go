@@ -161,3 +161,23 @@ func remoteIP(addr string) string {
 	}
 	return host
 }
+
+// DetailUpstreamDenied is the status detail of the event about an upstream
+// instance refused because its SPIFFE ID or certificate is on the deny list.
+const DetailUpstreamDenied = "upstream instance revoked or quarantined"
+
+// onUpstreamDenied audits an upstream instance at endpoint that presented a
+// revoked certificate or a quarantined SPIFFE ID; upstreams calls it once
+// per endpoint and serial. It may run in a handshake or while a pool picks
+// an endpoint, so the event is sent from its own goroutine, bounded by
+// auditSendTimeout.
+func (g *Gateway) onUpstreamDenied(endpoint, id, serial string) {
+	ev := &audit.Event{
+		ClassUID: classAPIActivity, ActivityID: activityRead, Time: g.deps.Now().UnixMilli(), StatusID: audit.StatusFailure,
+		StatusDetail: DetailUpstreamDenied, SeverityID: severityHigh,
+		Metadata:  audit.Metadata{Product: productName},
+		Resources: []audit.Resource{{Type: "upstream", UID: id, Name: endpoint}},
+		Unmapped:  map[string]any{"upstream_endpoint": endpoint, "upstream_spiffe_id": id, "upstream_serial": serial},
+	}
+	go g.send(context.Background(), ev)
+}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.opentelemetry.io/otel/trace"
 	"go.opentelemetry.io/otel/trace/noop"
 
@@ -98,6 +99,12 @@ type Deps struct {
 	Registerer prometheus.Registerer
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Denied reports whether a SPIFFE ID or a certificate serial (hex) is
+	// on the control plane's deny list (revoked or quarantined):
+	// workload.Agent.IsDenied or workload.DenyList.IsDenied. An upstream
+	// instance presenting a denied identity is refused at the handshake,
+	// skipped by load balancing and audited; nil means nothing is denied.
+	Denied func(id spiffeid.ID, serial string) bool
 }
 
 // Gateway is the edge proxy. It is safe for concurrent use.
@@ -214,7 +221,7 @@ func New(cfg Config, deps Deps) (*Gateway, error) {
 		}
 		g.cert = &c
 	}
-	g.upstreams = newUpstreams(deps.Source, cfg.Breaker, um, deps.Logger, deps.Now, g.onTrip)
+	g.upstreams = newUpstreams(deps.Source, cfg.Breaker, um, deps.Logger, deps.Now, g.onTrip, deps.Denied, g.onUpstreamDenied)
 	g.handler = http.HandlerFunc(g.serve)
 	return g, nil
 }

@@ -101,7 +101,7 @@ func New(cfg Config, deps Deps) (*Agent, error) {
 		cfg.SyncInterval = 5 * time.Second
 	}
 	if cfg.DenyWait == 0 {
-		cfg.DenyWait = 30 * time.Second
+		cfg.DenyWait = defaultDenyWait
 	}
 	if cfg.SyncInterval < 0 || cfg.DenyWait < 0 {
 		return nil, errors.New("workload agent: negative interval")

@@ -48,4 +48,6 @@
 // or certificate serial is dropped from what is served at once (open
 // FetchX509SVID streams receive the update or PermissionDenied) and is never
 // requested or served again; the deny list is persisted with the state.
+// DenyList follows the same deny list, in memory, for a process without an
+// agent of its own (`bulwark gateway` checks its upstreams with it).
 package workload

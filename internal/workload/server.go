@@ -298,7 +298,7 @@ func (a *Agent) jwtIDsFor(c *caller, want spiffeid.ID) []spiffeid.ID {
 	seen := map[spiffeid.ID]bool{}
 	var ids []spiffeid.ID
 	for _, e := range a.st.entries {
-		if !matches(e, have) || seen[e.SPIFFEID] || a.st.deniedIDs[e.SPIFFEID.String()] {
+		if !matches(e, have) || seen[e.SPIFFEID] || a.st.deny.ids[e.SPIFFEID.String()] {
 			continue
 		}
 		if !want.IsZero() && e.SPIFFEID != want {
@@ -326,7 +326,7 @@ func (s *apiServer) ValidateJWTSVID(_ context.Context, req *workload.ValidateJWT
 		return nil, status.Error(codes.InvalidArgument, "invalid JWT-SVID: "+strings.TrimPrefix(err.Error(), "jwtsvid: "))
 	}
 	s.a.mu.Lock()
-	denied := s.a.st.deniedIDs[sv.ID.String()]
+	denied := s.a.st.deny.ids[sv.ID.String()]
 	s.a.mu.Unlock()
 	if denied {
 		return nil, status.Error(codes.InvalidArgument, "invalid JWT-SVID: the identity is denied")

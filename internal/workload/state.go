@@ -49,20 +49,16 @@ type state struct {
 	bundle      *spiffebundle.Bundle
 	entries     []Entry
 	svids       map[string]*svid // by entry ID
-	denySeq     int64
-	deniedIDs   map[string]bool
-	deniedSer   map[string]bool
+	deny        denySet
 }
 
 func newState() *state {
-	return &state{svids: map[string]*svid{}, deniedIDs: map[string]bool{}, deniedSer: map[string]bool{}}
+	return &state{svids: map[string]*svid{}, deny: newDenySet()}
 }
 
 func (s *state) joined() bool { return len(s.agentChain) > 0 }
 
-func (s *state) denied(id spiffeid.ID, serial string) bool {
-	return s.deniedIDs[id.String()] || (serial != "" && s.deniedSer[serial])
-}
+func (s *state) denied(id spiffeid.ID, serial string) bool { return s.deny.denied(id, serial) }
 
 // The persisted form: DER and JSON only.
 type persistedState struct {
@@ -170,19 +166,19 @@ func (p *persistedState) decode() (*state, error) {
 		}
 		s.svids[sv.entryID] = sv
 	}
-	s.denySeq = p.DenySeq
+	s.deny.seq = p.DenySeq
 	for _, v := range p.DeniedIDs {
-		s.deniedIDs[v] = true
+		s.deny.ids[v] = true
 	}
 	for _, v := range p.DeniedSerials {
-		s.deniedSer[v] = true
+		s.deny.serials[v] = true
 	}
 	return s, nil
 }
 
 // save seals s and replaces the state file atomically.
 func (st *stateStore) save(s *state) error {
-	p := persistedState{Version: 1, DenySeq: s.denySeq}
+	p := persistedState{Version: 1, DenySeq: s.deny.seq}
 	if s.joined() {
 		p.AgentID, p.AgentChain, p.AgentKey, p.AgentRecv = s.agentID.String(), chainDER(s.agentChain), s.agentKeyDER, s.agentRecv
 	}
@@ -206,10 +202,10 @@ func (st *stateStore) save(s *state) error {
 	for _, sv := range s.svids {
 		p.SVIDs = append(p.SVIDs, persistedSVID{EntryID: sv.entryID, Chain: chainDER(sv.chain), Key: sv.keyDER, Received: sv.received})
 	}
-	for v := range s.deniedIDs {
+	for v := range s.deny.ids {
 		p.DeniedIDs = append(p.DeniedIDs, v)
 	}
-	for v := range s.deniedSer {
+	for v := range s.deny.serials {
 		p.DeniedSerials = append(p.DeniedSerials, v)
 	}
 	plain, err := json.Marshal(&p)

@@ -48,7 +48,7 @@ func (s *SVIDSource) GetX509SVID() (*x509svid.SVID, error) {
 	now := a.cfg.Now()
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.st.deniedIDs[s.id.String()] {
+	if a.st.deny.ids[s.id.String()] {
 		return nil, fmt.Errorf("workload agent: %s: %w (the identity is denied)", s.id, ErrNoSVID)
 	}
 	var best *svid

@@ -267,7 +267,7 @@ func (a *Agent) refreshSVIDs(ctx context.Context) error {
 	a.mu.Lock()
 	var todo []Entry
 	for _, e := range a.st.entries {
-		if a.st.deniedIDs[e.SPIFFEID.String()] {
+		if a.st.deny.ids[e.SPIFFEID.String()] {
 			continue
 		}
 		if sv, ok := a.st.svids[e.ID]; ok && !a.dueForRenewal(sv.chain[0], sv.received) {

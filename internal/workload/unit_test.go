@@ -126,9 +126,9 @@ func TestStateRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.svids["ent_1"] = &svid{entryID: "ent_1", id: wlID, chain: wchain, key: wkey, keyDER: wkeyDER}
-	s.denySeq = 9
-	s.deniedIDs["spiffe://example.org/ns/x/sa/y"] = true
-	s.deniedSer["ff"] = true
+	s.deny.seq = 9
+	s.deny.ids["spiffe://example.org/ns/x/sa/y"] = true
+	s.deny.serials["ff"] = true
 	if err := st.save(s); err != nil {
 		t.Fatal(err)
 	}
@@ -159,7 +159,7 @@ func TestStateRoundTrip(t *testing.T) {
 	if sv := got.svids["ent_1"]; sv == nil || sv.id != wlID || !publicKeyMatches(sv.chain[0], sv.key) {
 		t.Fatal("workload SVID differs after reload")
 	}
-	if got.denySeq != 9 || !got.deniedIDs["spiffe://example.org/ns/x/sa/y"] || !got.deniedSer["ff"] {
+	if got.deny.seq != 9 || !got.deny.ids["spiffe://example.org/ns/x/sa/y"] || !got.deny.serials["ff"] {
 		t.Fatal("deny list differs after reload")
 	}
 
