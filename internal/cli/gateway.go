@@ -209,6 +209,10 @@ func runGateway(ctx context.Context, cfg *config.Config, replicas int, stdout io
 	if err != nil {
 		return fmt.Errorf("gateway deny list: %w", err)
 	}
+	// The whole list is known before the first request is served.
+	if err := denyList.Sync(startCtx); err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
 
 	runCtx, stop := context.WithCancel(ctx)
 	defer stop()

@@ -3,6 +3,7 @@ package workload
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -142,12 +143,26 @@ func (d *DenyList) Run(ctx context.Context) error {
 	return nil
 }
 
+// Sync fetches the entries not yet known without waiting for new ones, so
+// that a process can start enforcing the whole deny list before it serves
+// (Run's first long poll waits while the list has nothing new).
+func (d *DenyList) Sync(ctx context.Context) error {
+	if _, err := d.fetch(ctx, 0); err != nil {
+		return fmt.Errorf("deny list: %w", err)
+	}
+	return nil
+}
+
 // poll makes one long poll and returns the number of new entries.
-func (d *DenyList) poll(ctx context.Context) (int, error) {
+func (d *DenyList) poll(ctx context.Context) (int, error) { return d.fetch(ctx, d.wait) }
+
+// fetch asks for the entries after the known ones, holding the request up
+// to wait while there are none, and returns the number of new entries.
+func (d *DenyList) fetch(ctx context.Context, wait time.Duration) (int, error) {
 	d.mu.Lock()
 	after := d.set.seq
 	d.mu.Unlock()
-	entries, next, err := d.cp.DenyList(ctx, after, d.wait)
+	entries, next, err := d.cp.DenyList(ctx, after, wait)
 	if err != nil {
 		return 0, err
 	}

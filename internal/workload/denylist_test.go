@@ -262,3 +262,40 @@ func TestNewDenyListNeedsAClient(t *testing.T) {
 		t.Fatal("NewDenyList(nil) succeeded")
 	}
 }
+
+func TestDenyListSyncBeforeServing(t *testing.T) {
+	t.Parallel()
+	id := "spiffe://bulwark.local/ns/bank/sa/payments"
+	for _, tc := range []struct {
+		name     string
+		failures int64
+		entries  []ca.DenyEntryJSON
+		wantErr  bool
+		denied   bool
+	}{
+		{"entries known at once", 0, []ca.DenyEntryJSON{{Seq: 1, Kind: "spiffe_id", Value: id}}, false, true},
+		{"empty list answers without waiting", 0, nil, false, false},
+		{"control plane failing", 1, nil, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			d := newDenyServer(t, tc.failures, tc.entries)
+			dl, err := workload.NewDenyList(d.client(t), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = dl.Sync(t.Context())
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("Sync: %v, want error %v", err, tc.wantErr)
+			}
+			if got := dl.IsDenied(spiffeid.RequireFromString(id), ""); got != tc.denied {
+				t.Errorf("IsDenied = %v, want %v", got, tc.denied)
+			}
+			d.mu.Lock()
+			defer d.mu.Unlock()
+			if !tc.wantErr && (len(d.waits) != 1 || (d.waits[0] != "" && d.waits[0] != "0")) {
+				t.Errorf("Sync asked with waits %q, want one request without a wait", d.waits)
+			}
+		})
+	}
+}
