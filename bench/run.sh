@@ -18,7 +18,8 @@
 #     (batch requests of 10 evaluations; one evaluation per request is
 #     reported without a target, see bench/README.md)
 #   data plane (bench/gateway, `go run ./bench/gateway`; HAProxy 2.6 and wrk):
-#     the full gateway: >= 1.5x the throughput of HAProxy 2.6 with jwt_verify,
+#     the gateway (JWT, rate limits, Cedar, OpenAPI validation; token exchange
+#     and mTLS to the agent): >= 1.5x the throughput of HAProxy 2.6 with jwt_verify,
 #     50 connections, same upstream
 #     one agent-to-agent mTLS hop adds < 300 µs at p50
 # PostgreSQL figures are reported without a target. Exits 1 if a target is

@@ -1,11 +1,13 @@
 // Command gateway benchmarks Bulwark's data plane on this machine and prints
 // the figures beside a reference:
 //
-//   - the edge: the full Bulwark gateway (JWT verification, rate limits,
-//     Cedar, OpenAPI validation, WAF, token exchange, mTLS to the upstream
-//     service's agent) against HAProxy 2.6 doing jwt_verify in front of the
-//     same echo service, both terminating TLS with the same kind of
-//     certificate, driven by wrk with the same requests;
+//   - the edge: the Bulwark gateway (JWT verification, rate limits, Cedar,
+//     OpenAPI validation, token exchange, mTLS to the upstream service's
+//     agent; then again with the CRS WAF on) against HAProxy 2.6 doing
+//     jwt_verify in front of the same echo service, both terminating TLS
+//     with the same kind of certificate, driven by wrk with the same
+//     requests; and a bare Go TLS reverse proxy that checks nothing, the
+//     floor of any gateway built on net/http;
 //   - one agent-to-agent hop: wrk -> payments' outbound -> mTLS -> ledger's
 //     inbound -> the echo service, against wrk -> the echo service directly.
 //
@@ -56,7 +58,12 @@ const (
 // Names of the edge rows.
 const (
 	haproxyName = "HAProxy 2.6 jwt_verify"
-	gatewayFull = "Bulwark gateway (full)"
+	// gatewayFull is the gateway: JWT verification, rate limits,
+	// Cedar and schema validation, plus token exchange and mTLS to the
+	// service's agent, which the design adds; the target is checked on it.
+	gatewayFull = "gateway: JWT,limits,Cedar,OAS"
+	// gatewayWAF is the same with the CRS WAF on the route, in block mode.
+	gatewayWAF = "gateway + CRS WAF"
 )
 
 // options are the command's flags.
@@ -87,9 +94,9 @@ func main() {
 	flag.IntVar(&o.threads, "threads", 2, "wrk threads")
 	flag.StringVar(&hop, "hop-connections", "1,50", "comma-separated wrk connection counts of the agent-hop runs")
 	flag.StringVar(&o.policyDir, "policies", "examples/policies/bank", "directory of the reference bank policies")
-	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (the gateway) during the full gateway's run to this file, and during the WAF-off run to this file + \".waf-off\"")
+	flag.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of this process (the gateway) during the gateway's run to this file, and during the run with the WAF on to this file + \".waf\"")
 	flag.BoolVar(&o.keep, "keep", false, "keep the temporary directory (configs, logs, wrk script)")
-	flag.StringVar(&skip, "skip", "", "comma-separated parts not to run: haproxy, gateway (both variants), waf-off (the gateway with the WAF off), hop")
+	flag.StringVar(&skip, "skip", "", "comma-separated parts not to run: haproxy, floor (a bare Go TLS reverse proxy), gateway (both variants), waf (the gateway with the CRS WAF on), hop")
 	flag.Parse()
 
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -115,10 +122,10 @@ func main() {
 	for _, s := range strings.Split(skip, ",") {
 		switch s = strings.TrimSpace(s); s {
 		case "":
-		case "haproxy", "gateway", "waf-off", "hop":
+		case "haproxy", "floor", "gateway", "waf", "hop":
 			o.skip[s] = true
 		default:
-			fmt.Fprintf(os.Stderr, "-skip: unknown part %q (haproxy, gateway, waf-off, hop)\n", s)
+			fmt.Fprintf(os.Stderr, "-skip: unknown part %q (haproxy, floor, gateway, waf, hop)\n", s)
 			os.Exit(2)
 		}
 	}
@@ -304,13 +311,30 @@ func run(ctx context.Context, o options, w io.Writer) (missed int, err error) {
 			return m
 		}())
 	}
+	if !o.skip["floor"] {
+		edge = append(edge, func() measurement {
+			m := measurement{name: floorName, serverCPU: -1, upstreamCPU: -1}
+			url, stop, err := startFloor(cert, upstream.Echo)
+			if err != nil {
+				m.err = err
+				return m
+			}
+			defer stop()
+			if m.err = probeEcho(ctx, client, url+"/v1/echo"); m.err != nil {
+				return m
+			}
+			m = measure(m.name, load(url+"/v1/echo", iss.token, o.connections), os.Getpid())
+			m.note = "not a gateway: net/http's floor"
+			return m
+		}())
+	}
 	for _, variant := range []struct {
 		name string
 		waf  gateway.WAFMode
 		skip bool
 	}{
-		{gatewayFull, gateway.WAFBlock, o.skip["gateway"]},
-		{"gateway, WAF off", gateway.WAFOff, o.skip["gateway"] || o.skip["waf-off"]},
+		{gatewayFull, gateway.WAFOff, o.skip["gateway"]},
+		{gatewayWAF, gateway.WAFBlock, o.skip["gateway"] || o.skip["waf"]},
 	} {
 		if variant.skip {
 			continue
@@ -331,8 +355,8 @@ func run(ctx context.Context, o options, w io.Writer) (missed int, err error) {
 			}
 			if o.cpuProfile != "" {
 				path := o.cpuProfile
-				if variant.waf == gateway.WAFOff {
-					path += ".waf-off"
+				if variant.waf != gateway.WAFOff {
+					path += ".waf"
 				}
 				f, err := os.Create(path)
 				if err != nil {
@@ -432,6 +456,25 @@ func probeEdge(ctx context.Context, hc *http.Client, url, token string, behindAg
 	return seen, nil
 }
 
+// probeEcho checks that the bare proxy at url echoes the body.
+func probeEcho(ctx context.Context, hc *http.Client, url string) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(requestBody))
+	if err != nil {
+		return fmt.Errorf("probe %s: %w", url, err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := hc.Do(req)
+	if err != nil {
+		return fmt.Errorf("probe %s: %w", url, err)
+	}
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || strings.TrimSpace(string(body)) != requestBody {
+		return fmt.Errorf("probe %s: status %d: %s", url, resp.StatusCode, body)
+	}
+	return nil
+}
+
 // probeHop checks that a call through payments' outbound reaches ledger's
 // service, which saw payments as its peer.
 func probeHop(ctx context.Context, url string) error {
@@ -519,6 +562,12 @@ func printEdge(w io.Writer, o options, runs []measurement) int {
 		}
 	}
 	h, okH := rps[haproxyName]
+	if f, ok := rps[floorName]; ok && okH && h > 0 {
+		fmt.Fprintf(w, "net/http floor / HAProxy throughput: %.2fx (no target: what a Go proxy that checks nothing reaches)\n", f/h)
+	}
+	if f, ok := rps[gatewayWAF]; ok && okH && h > 0 {
+		fmt.Fprintf(w, "gateway with the WAF / HAProxy throughput: %.2fx (no target)\n", f/h)
+	}
 	g, okG := rps[gatewayFull]
 	if !okH || !okG || h == 0 {
 		fmt.Fprintf(w, "gateway / HAProxy throughput: not measured (target >= %.1fx): FAIL\n", targetRatio)
