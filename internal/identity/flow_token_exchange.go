@@ -118,7 +118,16 @@ func (s *Server) tokenExchangeGrant(ctx context.Context, tr *tokenRequest) (*tok
 	if err != nil {
 		return nil, err
 	}
-	if subject.Act.depth()+1 > maxActDepth {
+	// The chain keeps who acted before: the subject token's own chain or,
+	// for a user's token that was never exchanged, the client the user
+	// authorized (RFC 8693 §4.1: nested act claims are prior actors), so
+	// that services and the audit trail still see which application a
+	// request came from once the acting client's id is the client_id.
+	prior := subject.Act
+	if prior == nil && subject.subjectIsUser() {
+		prior = &actClaim{Subject: subject.ClientID}
+	}
+	if prior.depth()+1 > maxActDepth {
 		return nil, ErrInvalidRequest.WithDescription("the delegation chain would be longer than %d", maxActDepth)
 	}
 	subjectScopes := splitScope(subject.Scope)
@@ -135,7 +144,7 @@ func (s *Server) tokenExchangeGrant(ctx context.Context, tr *tokenRequest) (*tok
 	if err := s.exchangePolicy().allowExchange(ctx, req); err != nil {
 		return nil, err
 	}
-	act := &actClaim{Subject: c.ID, Act: subject.Act}
+	act := &actClaim{Subject: c.ID, Act: prior}
 	var user *tokenUser
 	if subject.subjectIsUser() {
 		user = &tokenUser{ID: subject.Subject}

@@ -44,11 +44,13 @@ func TestTokenExchange(t *testing.T) {
 		t0 := user.str("access_token")
 		t0c := f.claims(t0)
 
-		// Delegation: same subject, narrower scope, the acting client in act.
+		// Delegation: same subject, narrower scope, the acting client in
+		// act and the client the user authorized as the prior actor.
 		resp := f.mustToken(tokReq{client: backend, form: exchangeForm(t0, "audience", tkAPI1, "scope", "read")})
 		t1c := f.claims(resp.str("access_token"))
 		if t1c.Subject != u.ID || t1c.ClientID != backend.reg.ID || t1c.Scope != "read" || !slices.Equal(t1c.Audience, []string{tkAPI1}) ||
-			t1c.Act == nil || t1c.Act.Subject != backend.reg.ID || t1c.Act.Act != nil || t1c.Expiry > t0c.Expiry || t1c.AuthTime != t0c.AuthTime ||
+			t1c.Act == nil || t1c.Act.Subject != backend.reg.ID || t1c.Act.Act == nil || t1c.Act.Act.Subject != front.reg.ID ||
+			t1c.Act.Act.Act != nil || t1c.Expiry > t0c.Expiry || t1c.AuthTime != t0c.AuthTime ||
 			t1c.Cnf != nil || t1c.SubjectType != subjectTypeUser {
 			t.Errorf("exchanged token %+v act %+v", t1c, t1c.Act)
 		}
@@ -61,11 +63,13 @@ func TestTokenExchange(t *testing.T) {
 			t.Errorf("default exchange %+v", cl)
 		}
 
-		// A chain: backend → backend-2 → api-3, recorded in nested act.
+		// A chain: app-front → backend → backend-2 → api-3, recorded in
+		// nested act.
 		t2 := f.mustToken(tokReq{client: backend, form: exchangeForm(t0, "audience", "svc-backend-2", "scope", "read")}).str("access_token")
 		t3c := f.claims(f.mustToken(tokReq{client: backend2, form: exchangeForm(t2, "resource", tkAPI3)}).str("access_token"))
 		if t3c.Subject != u.ID || t3c.Act == nil || t3c.Act.Subject != backend2.reg.ID || t3c.Act.Act == nil ||
-			t3c.Act.Act.Subject != backend.reg.ID || t3c.Act.Act.Act != nil || t3c.SubjectType != subjectTypeUser {
+			t3c.Act.Act.Subject != backend.reg.ID || t3c.Act.Act.Act == nil || t3c.Act.Act.Act.Subject != front.reg.ID ||
+			t3c.Act.Act.Act.Act != nil || t3c.SubjectType != subjectTypeUser {
 			t.Errorf("chained token act %+v", t3c.Act)
 		}
 
@@ -85,7 +89,8 @@ func TestTokenExchange(t *testing.T) {
 			t.Fatal(err)
 		}
 		byClient := f.claims(f.mustToken(tokReq{client: backend, form: exchangeForm(ccTok)}).str("access_token"))
-		if byClient.Subject != front.reg.ID || byClient.SubjectType != subjectTypeClient || byClient.subjectIsUser() {
+		if byClient.Subject != front.reg.ID || byClient.SubjectType != subjectTypeClient || byClient.subjectIsUser() ||
+			byClient.Act == nil || byClient.Act.Act != nil {
 			t.Errorf("exchanged client token %+v", byClient)
 		}
 

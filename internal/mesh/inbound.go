@@ -83,7 +83,8 @@ type DenialEvent struct {
 	// RequestID and TraceID are the request's correlation (X-Request-ID
 	// and the W3C trace id).
 	RequestID, TraceID string
-	// User and Client are the end user and OAuth client of the request's
+	// User and Client are the end user and the OAuth client the request
+	// started from (authn.Principal.OriginClient), from the request's
 	// internal token, when one verified.
 	User, Client string
 	// TokenRefusal is set when the request was refused because its
@@ -112,7 +113,8 @@ type AllowedEvent struct {
 	BundleVersion int64
 	// RequestID and TraceID are the request's correlation.
 	RequestID, TraceID string
-	// User and Client are the end user and OAuth client of the request's
+	// User and Client are the end user and the OAuth client the request
+	// started from (authn.Principal.OriginClient), from the request's
 	// internal token, when one verified.
 	User, Client string
 }
@@ -134,7 +136,8 @@ type InboundDeps struct {
 	Logger  *slog.Logger
 	// Tokens, if set, verifies the internal token a request carries in
 	// Authorization: a valid one sets X-Bulwark-User (its subject, when
-	// that is not its client) and X-Bulwark-Client; an invalid one is
+	// that is a user) and X-Bulwark-Client (the client the request started
+	// from: authn.Principal.OriginClient); an invalid one is
 	// refused with 401 and reported to OnDenied. Without Tokens a token is
 	// not trusted. Either way Authorization never reaches the service.
 	Tokens TokenVerifier
@@ -334,7 +337,7 @@ func (in *Inbound) serveHTTP(w http.ResponseWriter, r *http.Request) {
 			httpapi.WriteError(w, r, in.deps.Logger, &httpapi.Error{Status: status, Code: code, Message: msg})
 			return
 		}
-		client = p.ClientID
+		client = p.OriginClient()
 		if p.IsUser() {
 			user = p.Subject
 		}

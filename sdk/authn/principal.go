@@ -80,6 +80,30 @@ func (p *Principal) IsUser() bool {
 	return p.Subject != p.ClientID
 }
 
+// OriginClient returns the OAuth client the request started from: the
+// application the user authorized, which Bulwark's issuer keeps as the
+// first actor of an exchanged user token's delegation chain (the innermost
+// act); a client's own token, exchanged, started from that client (its
+// subject); any other token from its client_id. Behind the gateway every
+// internal token's client_id is the gateway's exchange client, so this is
+// the client a service should show and audit.
+func (p *Principal) OriginClient() string {
+	if p == nil {
+		return ""
+	}
+	if p.Actor == nil {
+		return p.ClientID
+	}
+	if !p.IsUser() {
+		return p.Subject
+	}
+	a := p.Actor
+	for a.Actor != nil {
+		a = a.Actor
+	}
+	return a.Subject
+}
+
 type principalKey struct{}
 
 // NewContext returns a copy of ctx that carries p.

@@ -50,7 +50,10 @@ const (
 	// HeaderUser is the end user the request acts for: the subject of the
 	// verified internal token, when that subject is a user.
 	HeaderUser = "X-Bulwark-User"
-	// HeaderClient is the OAuth client of the verified internal token.
+	// HeaderClient is the OAuth client the request started from, from the
+	// verified internal token (authn.Principal.OriginClient): the
+	// application the user authorized, not the gateway that exchanged its
+	// token.
 	HeaderClient = "X-Bulwark-Client"
 	// HeaderRequestID is the request's correlation id.
 	HeaderRequestID = "X-Request-ID"

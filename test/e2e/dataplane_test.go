@@ -171,7 +171,9 @@ func TestDataPlaneEndToEnd(t *testing.T) {
 			anyContains(chain, `"reported_by":"spiffe://bulwark.local/agent/dev"`, `"app_uid":`+bankNS+`gateway"`, `"uid":`+bankNS+`payments"`, "allowed by policy") &&
 			anyContains(chain, `"reported_by":"spiffe://bulwark.local/agent/dev"`, `"app_uid":`+bankNS+`payments"`, `"uid":`+bankNS+`ledger"`, "allowed by policy") &&
 			// the services' own records
-			anyContains(chain, "payment created") && anyContains(chain, "ledger entry posted") &&
+			// payments saw the application the user logged in with, not the
+			// gateway's exchange client
+			anyContains(chain, "payment created", `"client":"e2e-web"`) && anyContains(chain, "ledger entry posted") &&
 			// the statement: notifications -> ledger denied by the ledger's agent
 			anyContains(denied, `"app_uid":`+bankNS+`notifications"`, `"uid":`+bankNS+`ledger"`, "denied by policy")
 	})
