@@ -179,7 +179,7 @@ func runGateway(ctx context.Context, cfg *config.Config, replicas int, stdout io
 	if err != nil {
 		return err
 	}
-	limiters, closeRedis, err := gatewayLimiters(gc.RedisAddr, routes, replicas, logger)
+	limiters, closeRedis, err := gatewayLimiters(gc.RedisAddr, routes, replicas, reg, logger)
 	if err != nil {
 		return err
 	}
@@ -325,10 +325,15 @@ func loadExchangeKey(path string) (crypto.Signer, error) {
 
 // gatewayLimiters returns the Redis-backed shared limiters when addr is set
 // (nil limiters otherwise: the gateway's local buckets), and a function that
-// closes the Redis client.
-func gatewayLimiters(addr string, routes *gateway.Routes, replicas int, logger *slog.Logger) (gateway.Limiters, func(), error) {
+// closes the Redis client. Their refusals and degraded decisions are
+// counted in reg, beside the local limiters'.
+func gatewayLimiters(addr string, routes *gateway.Routes, replicas int, reg prometheus.Registerer, logger *slog.Logger) (gateway.Limiters, func(), error) {
 	if addr == "" {
 		return gateway.Limiters{}, func() {}, nil
+	}
+	metrics, err := ratelimit.NewMetrics(reg)
+	if err != nil {
+		return gateway.Limiters{}, nil, fmt.Errorf("gateway rate limits: %w", err)
 	}
 	rdb := redis.NewClient(&redis.Options{Addr: addr, ContextTimeoutEnabled: true})
 	var out gateway.Limiters
@@ -338,7 +343,7 @@ func gatewayLimiters(addr string, routes *gateway.Routes, replicas int, logger *
 		dst   *ratelimit.Limiter
 	}{{"ip", routes.PerIP, &out.IP}, {"client", routes.PerClient, &out.Client}, {"user", routes.PerUser, &out.User}} {
 		name := l.name
-		s, err := ratelimit.NewShared(ratelimit.SharedConfig{Name: "gateway-" + name, Limit: l.limit, Replicas: replicas,
+		s, err := ratelimit.NewShared(ratelimit.SharedConfig{Name: "gateway-" + name, Limit: l.limit, Replicas: replicas, Metrics: metrics,
 			OnDegraded: func(degraded bool, err error) {
 				logger.Warn("gateway shared rate limit", "limit", name, "degraded", degraded, "error", err)
 			}}, rdb)

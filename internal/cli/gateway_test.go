@@ -25,6 +25,9 @@ import (
 
 	"github.com/bulwarksec/bulwark/internal/audit"
 	"github.com/bulwarksec/bulwark/internal/egress"
+	"github.com/bulwarksec/bulwark/internal/gateway"
+	"github.com/bulwarksec/bulwark/internal/gateway/ratelimit"
+	"github.com/bulwarksec/bulwark/internal/gateway/ratelimit/redistest"
 	"github.com/bulwarksec/bulwark/internal/spool"
 )
 
@@ -290,5 +293,56 @@ func TestGatewayTracerExportsOTLP(t *testing.T) {
 		}
 	default:
 		t.Fatal("no span reached the collector")
+	}
+}
+
+// The shared (Redis) limiters of bulwark gateway count their refusals in
+// the gateway's registry, beside the local limiters' family.
+func TestGatewaySharedLimitersCountRefusals(t *testing.T) {
+	t.Parallel()
+	redistest.New(t) // fails, never skips, without the test Redis
+	reg := prometheus.NewRegistry()
+	one := ratelimit.Limit{Rate: 1, Burst: 1}
+	routes := &gateway.Routes{PerIP: one, PerClient: one, PerUser: one}
+	limiters, closeRedis, err := gatewayLimiters(redistest.Addr(), routes, 1, reg, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeRedis()
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	key := "client:test-" + fmt.Sprintf("%x", b) // a key no other run shares
+	for i, want := range []bool{true, false} {
+		res, err := limiters.Client.Allow(t.Context(), key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.Allowed != want || res.Degraded {
+			t.Fatalf("request %d: %+v, want allowed %v from Redis", i, res, want)
+		}
+	}
+	// The gateway registers its own rate-limit metrics on the same registry.
+	if _, err := ratelimit.NewMetrics(reg); err != nil {
+		t.Fatalf("the gateway's metrics on the same registry: %v", err)
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := -1.0
+	for _, f := range families {
+		if f.GetName() != "bulwark_ratelimit_limited_requests_total" {
+			continue
+		}
+		for _, m := range f.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "limiter" && l.GetValue() == "gateway-client" {
+					got = m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	if got != 1 {
+		t.Fatalf("limited_requests_total{limiter=gateway-client} = %v, want 1", got)
 	}
 }

@@ -1,6 +1,7 @@
 package ratelimit
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -14,7 +15,10 @@ type Metrics struct {
 	degraded      *prometheus.GaugeVec
 }
 
-// NewMetrics creates the metrics and registers them with reg.
+// NewMetrics creates the metrics and registers them with reg. Metrics made
+// before on the same registerer are reused, so that limiters built apart
+// (the gateway's local ones and the shared ones `bulwark gateway` builds)
+// report under one family.
 func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	m := &Metrics{
 		limitedTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -33,12 +37,33 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	if reg == nil {
 		return nil, fmt.Errorf("rate limit metrics: nil registerer")
 	}
-	for _, c := range []prometheus.Collector{m.limitedTotal, m.degradedTotal, m.degraded} {
-		if err := reg.Register(c); err != nil {
-			return nil, fmt.Errorf("rate limit metrics: register: %w", err)
-		}
+	var err error
+	if m.limitedTotal, err = register(reg, m.limitedTotal); err != nil {
+		return nil, err
+	}
+	if m.degradedTotal, err = register(reg, m.degradedTotal); err != nil {
+		return nil, err
+	}
+	if m.degraded, err = register(reg, m.degraded); err != nil {
+		return nil, err
 	}
 	return m, nil
+}
+
+// register registers c with reg, or returns the identical collector
+// registered before.
+func register[C prometheus.Collector](reg prometheus.Registerer, c C) (C, error) {
+	err := reg.Register(c)
+	if err == nil {
+		return c, nil
+	}
+	var are prometheus.AlreadyRegisteredError
+	if errors.As(err, &are) {
+		if existing, ok := are.ExistingCollector.(C); ok {
+			return existing, nil
+		}
+	}
+	return c, fmt.Errorf("rate limit metrics: register: %w", err)
 }
 
 func (m *Metrics) limited(name string) {
