@@ -208,14 +208,46 @@ func validServiceName(s string) bool {
 	return true
 }
 
+// proxyTarget splits a request the local service sent to the agent as its
+// HTTP proxy (HTTP_PROXY=http://<agent>), in absolute form
+// "http://<service>[:port]/<path>", into the service name and the escaped
+// path; the port is ignored, the directory says where the service is. It
+// reports false for a malformed target.
+func proxyTarget(u *url.URL) (service, rest string, ok bool) {
+	if u.Scheme != "http" || u.User != nil || u.Opaque != "" {
+		return "", "", false
+	}
+	service = strings.ToLower(u.Hostname())
+	rest = u.EscapedPath()
+	if rest == "" {
+		rest = "/"
+	}
+	if !validServiceName(service) || !strings.HasPrefix(rest, "/") {
+		return "", "", false
+	}
+	if _, err := url.PathUnescape(rest); err != nil {
+		return "", "", false
+	}
+	return service, rest, true
+}
+
 func (o *Outbound) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	logger := o.deps.Logger
-	if r.URL.Host != "" || r.Method == http.MethodConnect {
-		httpapi.WriteError(w, r, logger, httpapi.Errorf(http.StatusBadRequest, httpapi.CodeInvalidRequest, "call the agent as http://<agent>/<service>/<path>"))
+	if r.Method == http.MethodConnect {
+		// A tunnel would carry the service's own TLS: the agent makes the
+		// mutual TLS itself, so the service calls http://, never https://.
+		httpapi.WriteError(w, r, logger, httpapi.Errorf(http.StatusMethodNotAllowed, httpapi.CodeInvalidRequest,
+			"the agent does not tunnel: call http://<service>/<path> through it, or http://<agent>/<service>/<path>"))
 		return
 	}
 	correlation.Ensure(r.Header)
-	name, rest, ok := SplitServicePath(r.URL.EscapedPath())
+	var name, rest string
+	var ok bool
+	if r.URL.Host != "" || r.URL.Scheme != "" {
+		name, rest, ok = proxyTarget(r.URL) // the agent as the service's HTTP proxy
+	} else {
+		name, rest, ok = SplitServicePath(r.URL.EscapedPath())
+	}
 	if !ok {
 		httpapi.WriteError(w, r, logger, httpapi.Errorf(http.StatusNotFound, httpapi.CodeNotFound, "no such service"))
 		return
