@@ -302,7 +302,7 @@ func TestGatewaySharedLimitersCountRefusals(t *testing.T) {
 	t.Parallel()
 	redistest.New(t) // fails, never skips, without the test Redis
 	reg := prometheus.NewRegistry()
-	one := ratelimit.Limit{Rate: 1, Burst: 1}
+	one := ratelimit.Limit{Rate: 0.01, Burst: 1} // one request per 100 s: no refill while the test runs
 	routes := &gateway.Routes{PerIP: one, PerClient: one, PerUser: one}
 	limiters, closeRedis, err := gatewayLimiters(redistest.Addr(), routes, 1, reg, slog.New(slog.DiscardHandler))
 	if err != nil {

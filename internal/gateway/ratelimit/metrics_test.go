@@ -3,6 +3,7 @@ package ratelimit
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -22,8 +23,9 @@ func TestNewMetricsTwiceOnOneRegistry(t *testing.T) {
 		t.Fatalf("second NewMetrics on the same registry: %v", err)
 	}
 	ctx := context.Background()
+	now := time.Unix(1_700_000_000, 0) // a stopped clock: no refill
 	for _, m := range []*Metrics{first, second} {
-		l, err := NewLocal(LocalConfig{Name: "ip", Limit: Limit{Rate: 1, Burst: 1}, Metrics: m})
+		l, err := NewLocal(LocalConfig{Name: "ip", Limit: Limit{Rate: 1, Burst: 1}, Metrics: m, Now: func() time.Time { return now }})
 		if err != nil {
 			t.Fatal(err)
 		}
