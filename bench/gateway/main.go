@@ -320,7 +320,7 @@ func run(ctx context.Context, o options, w io.Writer) (missed int, err error) {
 				return m
 			}
 			defer stop()
-			if m.err = probeEcho(ctx, client, url+"/v1/echo"); m.err != nil {
+			if _, m.err = probeEcho(ctx, client, url+"/v1/echo"); m.err != nil {
 				return m
 			}
 			m = measure(m.name, load(url+"/v1/echo", iss.token, o.connections), os.Getpid())
@@ -456,43 +456,34 @@ func probeEdge(ctx context.Context, hc *http.Client, url, token string, behindAg
 	return seen, nil
 }
 
-// probeEcho checks that the bare proxy at url echoes the body.
-func probeEcho(ctx context.Context, hc *http.Client, url string) error {
+// probeEcho checks that a POST to url comes back 200 with the body echoed,
+// and returns the answer's headers.
+func probeEcho(ctx context.Context, hc *http.Client, url string) (http.Header, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(requestBody))
 	if err != nil {
-		return fmt.Errorf("probe %s: %w", url, err)
+		return nil, fmt.Errorf("probe %s: %w", url, err)
 	}
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := hc.Do(req)
 	if err != nil {
-		return fmt.Errorf("probe %s: %w", url, err)
+		return nil, fmt.Errorf("probe %s: %w", url, err)
 	}
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusOK || strings.TrimSpace(string(body)) != requestBody {
-		return fmt.Errorf("probe %s: status %d: %s", url, resp.StatusCode, body)
+		return nil, fmt.Errorf("probe %s: status %d: %s", url, resp.StatusCode, body)
 	}
-	return nil
+	return resp.Header, nil
 }
 
 // probeHop checks that a call through payments' outbound reaches ledger's
 // service, which saw payments as its peer.
 func probeHop(ctx context.Context, url string) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, url, strings.NewReader(requestBody))
+	h, err := probeEcho(ctx, &http.Client{Timeout: 10 * time.Second}, url)
 	if err != nil {
-		return fmt.Errorf("probe %s: %w", url, err)
+		return err
 	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
-	if err != nil {
-		return fmt.Errorf("probe %s: %w", url, err)
-	}
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK || strings.TrimSpace(string(body)) != requestBody {
-		return fmt.Errorf("probe %s: status %d: %s", url, resp.StatusCode, body)
-	}
-	if p := resp.Header.Get(headerEchoPeer); p != workloadID(paymentsName).String() {
+	if p := h.Get(headerEchoPeer); p != workloadID(paymentsName).String() {
 		return fmt.Errorf("probe %s: ledger's service saw peer %q, want %s", url, p, workloadID(paymentsName))
 	}
 	return nil
