@@ -15,8 +15,8 @@ import (
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/getkin/kin-openapi/openapi3filter"
 	"github.com/getkin/kin-openapi/routers/legacy"
-	"go.yaml.in/yaml/v3"
 
+	"github.com/bulwarksec/bulwark/internal/gateway"
 	"github.com/bulwarksec/bulwark/internal/gateway/validate"
 )
 
@@ -167,48 +167,24 @@ func TestPublicPaths(t *testing.T) {
 	}
 }
 
-// TestRoutesFile checks the routes file's shape: strict keys (the gateway
-// refuses unknown ones), each route with scopes, the WAF blocking, the
-// OpenAPI document beside it, and the ledger's public path rewritten.
+// TestRoutesFile checks the routes file as the gateway loads it (strict
+// keys, the OpenAPI document beside it): each route with scopes, the WAF
+// blocking, and the ledger's public path rewritten.
 func TestRoutesFile(t *testing.T) {
 	t.Parallel()
-	type route struct {
-		Name         string   `yaml:"name"`
-		Methods      []string `yaml:"methods"`
-		Path         string   `yaml:"path"`
-		Service      string   `yaml:"service"`
-		UpstreamPath string   `yaml:"upstream_path"`
-		Scopes       []string `yaml:"scopes"`
-		Action       string   `yaml:"action"`
-		OpenAPI      string   `yaml:"openapi"`
-		WAF          string   `yaml:"waf"`
-		Timeout      string   `yaml:"timeout"`
-		Retries      *int     `yaml:"retries"`
-		MaxBodyBytes string   `yaml:"max_body_bytes"`
+	p, err := WriteGatewayFiles(filepath.Join(t.TempDir(), "gateway"))
+	if err != nil {
+		t.Fatal(err)
 	}
-	type limit struct {
-		Rate  float64 `yaml:"rate"`
-		Burst int     `yaml:"burst"`
-	}
-	var file struct {
-		RateLimits struct {
-			PerIP     limit `yaml:"per_ip"`
-			PerClient limit `yaml:"per_client"`
-			PerUser   limit `yaml:"per_user"`
-		} `yaml:"rate_limits"`
-		AuditAllowed bool    `yaml:"audit_allowed"`
-		Routes       []route `yaml:"routes"`
-	}
-	dec := yaml.NewDecoder(bytes.NewReader(RoutesYAML()))
-	dec.KnownFields(true)
-	if err := dec.Decode(&file); err != nil {
+	file, err := gateway.LoadRoutes(p)
+	if err != nil {
 		t.Fatalf("routes.yaml: %v", err)
 	}
-	if !file.AuditAllowed || file.RateLimits.PerIP.Rate <= 0 || file.RateLimits.PerUser.Rate <= 0 || file.RateLimits.PerClient.Rate <= 0 {
+	if !file.AuditAllowed || file.PerIP.Rate <= 0 || file.PerUser.Rate <= 0 || file.PerClient.Rate <= 0 {
 		t.Errorf("rate limits or audit: %+v", file)
 	}
 	for _, r := range file.Routes {
-		if !slices.Contains(Services, r.Service) || len(r.Scopes) == 0 || r.WAF != "block" || r.OpenAPI != RoutesFileOpenAPI {
+		if !slices.Contains(Services, r.Service) || len(r.Scopes) == 0 || r.WAF != gateway.WAFBlock || filepath.Base(r.OpenAPI) != RoutesFileOpenAPI {
 			t.Errorf("route %+v", r)
 		}
 		for _, m := range r.Methods {
